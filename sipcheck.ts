@@ -116,7 +116,7 @@ export const EXIT = {
 } as const;
 
 /** Bytes read from a log at a time. */
-const CHUNK_SIZE = 4 << 20;
+const CHUNK_SIZE = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Types
@@ -237,13 +237,23 @@ export interface Deps {
  * How a family prints its address:
  * - `bare`: `a.b.c.d` or an unbracketed IPv6 address (ast_sockaddr_stringify_addr,
  *   ast_inet_ntoa, security events);
- * - `sockaddr`: also `a.b.c.d:port` and `[v6]:port` (ast_sockaddr_stringify, Asterisk 1.8+);
+ * - `sockaddr`: `a.b.c.d` (ast_inet_ntoa, before 1.8), `a.b.c.d:port` and `[v6]:port`
+ *   (ast_sockaddr_stringify, 1.8+);
  * - `srcname`: `a.b.c.d:port`, `[v6]:port`, or PJSIP's old `v6:port` with no brackets, whose last
  *   group is the port.
  */
 export type AddressForm = "bare" | "sockaddr" | "srcname";
 
-const PORT = /^:\d{1,5}$/;
+/** True if `text` from `from` on is `:` and one to five digits. */
+function isPortSuffix(text: string, from: number): boolean {
+  const digits = text.length - from - 1;
+  if (digits < 1 || digits > 5 || text.charCodeAt(from) !== 58 /* : */) return false;
+  for (let i = from + 1; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  return true;
+}
 
 /**
  * Reads an address printed by Asterisk and returns it normalised (IPv4 dotted, IPv6 compressed
@@ -254,14 +264,14 @@ export function normaliseAddress(text: string, form: AddressForm): string | null
   let host = text;
   if (text.charCodeAt(0) === 91 /* [ */) {
     const close = text.indexOf("]");
-    if (form === "bare" || close < 0 || !PORT.test(text.slice(close + 1))) return null;
+    if (form === "bare" || close < 0 || !isPortSuffix(text, close + 1)) return null;
     host = text.slice(1, close);
   } else {
     const firstColon = text.indexOf(":");
     const lastColon = text.lastIndexOf(":");
     if (firstColon !== -1 && firstColon === lastColon) {
       // a.b.c.d:port
-      if (form === "bare" || !PORT.test(text.slice(lastColon))) return null;
+      if (form === "bare" || !isPortSuffix(text, lastColon)) return null;
       host = text.slice(0, lastColon);
       return isIP(host) === 4 ? host : null;
     }
@@ -269,8 +279,9 @@ export function normaliseAddress(text: string, form: AddressForm): string | null
       if (form === "srcname") return null;
       return isIP(text) === 4 ? text : null;
     }
+    if (form === "sockaddr") return null; // it brackets IPv6 (and always adds the port)
     if (form === "srcname") {
-      if (!PORT.test(text.slice(lastColon))) return null;
+      if (!isPortSuffix(text, lastColon)) return null;
       host = text.slice(0, lastColon);
     }
   }
@@ -373,18 +384,71 @@ export function isInAny(address: string, blocks: readonly Cidr[]): boolean {
 // Line prefixes (main/logger.c)
 // ---------------------------------------------------------------------------------------------
 
+/** Where a record's prefix says it comes from, and where its message starts. */
+interface Prefix {
+  level: string;
+  /** `__FILE__` of the writer, or `Ext.` for dialplan Log() lines. */
+  file: string;
+  /** Index of the message body. For `Ext.` lines, of the text after `Ext. `. */
+  body: number;
+}
+
+function isUpper(c: number): boolean {
+  return c >= 65 && c <= 90;
+}
+function isDigit(c: number): boolean {
+  return c >= 48 && c <= 57;
+}
+function isLowerHex(c: number): boolean {
+  return isDigit(c) || (c >= 97 && c <= 102);
+}
+/** `[\w./-]`: the characters of a source file name. */
+function isFileNameChar(c: number): boolean {
+  return isDigit(c) || isUpper(c) || (c >= 97 && c <= 122) || c === 95 || c === 46 || c === 47 ||
+    c === 45;
+}
+
 /**
- * File channels, default formatter, 1.4 – master: `[date] LEVEL[tid][C-xxxxxxxx] file.c: `.
- * Dialplan Log() lines name the file `Ext. <exten>`; their body starts after `Ext. `.
+ * File channels, default formatter, 1.4 – master: `[date] LEVEL[tid][C-xxxxxxxx] file.c: `, that
+ * is `/^\[[^\]]*\] [A-Z][A-Z0-9_]* ?\[\d+\](?:\[C-[0-9a-f]{8}\])? (?:[\w./-]+\.c: |Ext\. )/`,
+ * read by hand because every candidate line goes through it. Dialplan Log() lines name the file
+ * `Ext. <exten>`; their body is taken from after `Ext. `.
  */
-const FILE_PREFIX =
-  /^\[[^\]\n]*\] ([A-Z][A-Z0-9_]*) ?\[\d+\](?:\[C-[0-9a-f]{8}\])? (?:([\w./-]+\.c): |Ext\. )/;
+function readFilePrefix(line: string): Prefix | null {
+  if (line.charCodeAt(0) !== 91 /* [ */) return null;
+  const dateEnd = line.indexOf("]");
+  if (dateEnd === -1 || line.charCodeAt(dateEnd + 1) !== 32) return null;
+  let p = dateEnd + 2;
+  const levelStart = p;
+  if (!isUpper(line.charCodeAt(p))) return null;
+  for (
+    let c = line.charCodeAt(++p);
+    isUpper(c) || isDigit(c) || c === 95;
+    c = line.charCodeAt(++p)
+  );
+  const level = line.slice(levelStart, p);
+  if (line.charCodeAt(p) === 32) p++;
+  if (line.charCodeAt(p) !== 91 || !isDigit(line.charCodeAt(p + 1))) return null;
+  for (p += 2; isDigit(line.charCodeAt(p)); p++);
+  if (line.charCodeAt(p++) !== 93 /* ] */) return null;
+  if (line.startsWith("[C-", p)) {
+    for (let i = p + 3; i < p + 11; i++) if (!isLowerHex(line.charCodeAt(i))) return null;
+    if (line.charCodeAt(p + 11) !== 93) return null;
+    p += 12;
+  }
+  if (line.charCodeAt(p++) !== 32) return null;
+  if (line.startsWith("Ext. ", p)) return { level, file: "Ext.", body: p + 5 };
+  const fileStart = p;
+  while (isFileNameChar(line.charCodeAt(p))) p++;
+  if (p - fileStart < 3 || !line.startsWith(".c: ", p - 2)) return null;
+  return { level, file: line.slice(fileStart, p), body: p + 2 };
+}
 
 /**
  * Console and `[plain]` (16.14+): `[date] LEVEL[tid]: file.c:line function: `; syslog (1.6+):
  * `<syslog header> asterisk[pid]: LEVEL[tid]: file.c:line in function: `; the journal's copy of
  * the console (`<syslog header> asterisk[pid]: [date] LEVEL…`) and its bare message
- * (`journalctl -o cat`). Accepts one or two spaces or a leading zero in the syslog day.
+ * (`journalctl -o cat`). The syslog day may have one or two spaces or a leading zero.
  */
 const LOCATED_PREFIX = new RegExp(
   "^(?:(?:[A-Z][a-z]{2} {1,2}\\d{1,2} \\d\\d:\\d\\d:\\d\\d|" +
@@ -393,6 +457,14 @@ const LOCATED_PREFIX = new RegExp(
     "(?:\\[[^\\]\\n]*\\] )?([A-Z][A-Z0-9_]*) ?\\[\\d+\\](?:\\[C-[0-9a-f]{8}\\])?: " +
     "(?:([\\w./-]+\\.c):\\d+ (?:in )?\\w+: |Ext\\. )",
 );
+
+/** Reads any of the prefixes above. */
+function readPrefix(line: string): Prefix | null {
+  const prefix = readFilePrefix(line);
+  if (prefix) return prefix;
+  const located = LOCATED_PREFIX.exec(line);
+  return located && { level: located[1], file: located[2] ?? "Ext.", body: located[0].length };
+}
 
 /** ANSI colour codes (SGR), present only in console output copied to the journal. */
 // deno-lint-ignore no-control-regex
@@ -408,14 +480,43 @@ const JSON_LINE_BREAKS = /[\r\n]/g;
 /** An address as Asterisk prints it without a port (IPv6 unbracketed, optional zone). */
 const BARE = "[0-9A-Fa-f.:]+(?:%[\\w.-]+)?";
 
+/** chan_sip registration reasons (handle_request_register), 1.2's older wordings included. */
+const SIP_REGISTER_REASONS = [
+  "Wrong password",
+  "Username/auth name mismatch",
+  "No matching peer found",
+  "Not a local domain",
+  "Not a local SIP domain",
+  "Peer is not supposed to register",
+  "Device does not match ACL",
+  "ACL error (permit/deny)",
+  "Device not configured to use this transport type",
+  "RTP initialization failed",
+  "Unknown failure",
+  "Unknown error",
+] as const;
+
 /**
  * channels/chan_sip.c handle_request_register(), 1.2 – 20.x:
  * `"Registration from '%s' failed for '%s' - %s\n"`. The To header (the caller's) comes first, so
- * the pattern is anchored on the right: the address is the last quoted field before one of the
- * fixed reasons (1.2's older wordings included).
+ * the pattern is anchored on the right: the address is the last quoted field before a fixed
+ * reason. Read by hand with the same meaning, as it is the commonest line under attack:
+ * `/^Registration from '.*' failed for '([^']*)' - (?:REASON|…)$/s`.
  */
-const SIP_REGISTER =
-  /^Registration from '.*' failed for '([^']*)' - (?:Wrong password|Username\/auth name mismatch|No matching peer found|Not a local domain|Not a local SIP domain|Peer is not supposed to register|Device does not match ACL|ACL error \(permit\/deny\)|Device not configured to use this transport type|RTP initialization failed|Unknown failure|Unknown error)$/s;
+function readSipRegister(body: string): string | null {
+  if (!body.startsWith("Registration from '")) return null;
+  for (const reason of SIP_REGISTER_REASONS) {
+    if (!body.endsWith(reason)) continue;
+    const addressEnd = body.length - reason.length - 4; // before "' - "
+    if (!body.startsWith("' - ", addressEnd)) return null;
+    const addressStart = body.lastIndexOf("'", addressEnd - 1) + 1;
+    if (addressStart - 14 < 19 || !body.startsWith("' failed for '", addressStart - 14)) {
+      return null;
+    }
+    return body.slice(addressStart, addressEnd);
+  }
+  return null;
+}
 
 /**
  * channels/chan_sip.c handle_request_invite(), 1.8.5 – 20.x: `"Call from '%s' (%s) to extension
@@ -524,19 +625,43 @@ const DIALPLAN_UNKNOWN_SIP = new RegExp(
   `(?:^|: )"?Rejecting unknown SIP connection from (${BARE})"?$`,
 );
 
-/** What a family reads from a message body. */
-type Reading = Omit<Failure, "family">;
-
-/** One Asterisk message family: the file and levels that write it, and how to read it. */
+/** One Asterisk message family: the levels that write it, and how to read its body. */
 interface Family {
   name: FamilyName;
   /** Levels it is written at; null for any (dialplan Log() picks its own). */
   levels: readonly string[] | null;
   /** Reads a message body; null when the body is not this family's. */
-  read: (body: string) => Reading | null;
+  read: (body: string) => Failure | null;
 }
 
-/** A family whose address follows a fixed head; `tail` is the fixed end of a whole record. */
+/** A failure; the optional fields only when set, so that results compare simply in tests. */
+function failure(
+  family: FamilyName,
+  address: string | null,
+  openHead = false,
+  tries?: number,
+): Failure {
+  const result: Failure = { family, address };
+  if (openHead) result.openHead = true;
+  if (tries !== undefined) result.tries = tries;
+  return result;
+}
+
+/** Reads a family whose address follows a fixed head; `tail` is the fixed end of the record. */
+function readHead(
+  family: FamilyName,
+  body: string,
+  head: RegExp,
+  form: AddressForm,
+  tail: RegExp | null,
+): Failure | null {
+  const match = head.exec(body);
+  if (!match) return null;
+  const openHead = tail !== null && !tail.test(body.slice(match[0].length));
+  return failure(family, normaliseAddress(match[1], form), openHead);
+}
+
+/** A family whose address follows a fixed head. */
 function headFamily(
   name: FamilyName,
   levels: readonly string[],
@@ -544,20 +669,10 @@ function headFamily(
   form: AddressForm,
   tail: RegExp | null,
 ): Family {
-  return {
-    name,
-    levels,
-    read(body) {
-      const match = head.exec(body);
-      if (!match) return null;
-      const address = normaliseAddress(match[1], form);
-      const openHead = tail !== null && !tail.test(body.slice(match[0].length));
-      return openHead ? { address, openHead } : { address };
-    },
-  };
+  return { name, levels, read: (body) => readHead(name, body, head, form, tail) };
 }
 
-/** A family anchored on the right end of the line. */
+/** A family anchored on the right end of the line; `head` alone marks an open head. */
 function tailFamily(
   name: FamilyName,
   levels: readonly string[] | null,
@@ -570,9 +685,8 @@ function tailFamily(
     levels,
     read(body) {
       const match = pattern.exec(body);
-      if (match) return { address: normaliseAddress(match[1], form) };
-      // The head without its tail: the caller's field was cut by a line feed.
-      return head?.test(body) ? { address: null, openHead: true } : null;
+      if (match) return failure(name, normaliseAddress(match[1], form));
+      return head?.test(body) ? failure(name, null, true) : null;
     },
   };
 }
@@ -581,18 +695,26 @@ const NOTICE = ["NOTICE"] as const;
 /** chan_iax2 raised some of its messages to WARNING in 18.21, 20.6, 21.1 and 22. */
 const NOTICE_OR_WARNING = ["NOTICE", "WARNING"] as const;
 
+/** chan_sip.c registrations. */
+const sipRegister: Family = {
+  name: "sip-register",
+  levels: NOTICE,
+  read(body) {
+    const address = readSipRegister(body);
+    return address === null ? null : failure("sip-register", normaliseAddress(address, "sockaddr"));
+  },
+};
+
 /** chan_sip.c calls: with an address from 1.8.5, without before. */
 const sipCall: Family = {
   name: "sip-call",
   levels: NOTICE,
   read(body) {
-    const reading = headFamily("sip-call", NOTICE, SIP_CALL, "sockaddr", CALL_TAIL).read(body);
+    const reading = readHead("sip-call", body, SIP_CALL, "sockaddr", CALL_TAIL);
     if (reading) return reading;
     const old = SIP_CALL_NO_ADDRESS.exec(body);
     if (!old) return null;
-    return CALL_TAIL.test(body.slice(old[0].length))
-      ? { address: null }
-      : { address: null, openHead: true };
+    return failure("sip-call", null, !CALL_TAIL.test(body.slice(old[0].length)));
   },
 };
 
@@ -600,10 +722,9 @@ const sipCall: Family = {
 const pjsipCall: Family = {
   name: "pjsip-call",
   levels: NOTICE,
-  read(body) {
-    return headFamily("pjsip-call", NOTICE, PJSIP_CALL, "srcname", CALL_TAIL).read(body) ??
-      headFamily("pjsip-call", NOTICE, PJSIP_CALL_TRACE, "srcname", CALL_TAIL).read(body);
-  },
+  read: (body) =>
+    readHead("pjsip-call", body, PJSIP_CALL, "srcname", CALL_TAIL) ??
+      readHead("pjsip-call", body, PJSIP_CALL_TRACE, "srcname", CALL_TAIL),
 };
 
 /**
@@ -675,8 +796,8 @@ const pjsipRequest: Family = {
     const addressEnd = body.indexOf("'", addressStart);
     if (addressEnd === -1 || !body.startsWith("' (callid: ", addressEnd)) return null;
     const address = normaliseAddress(body.slice(addressStart, addressEnd), "srcname");
-    const tries = PJSIP_TRIES.exec(body);
-    return tries ? { address, tries: Number(tries[1]) } : { address };
+    const tries = body.endsWith(" ms") ? PJSIP_TRIES.exec(body) : null;
+    return failure("pjsip-request", address, false, tries ? Number(tries[1]) : undefined);
   },
 };
 
@@ -708,17 +829,17 @@ const securityEvent: Family = {
       if (event === "FailedACL" && tail[1]?.startsWith("registrar_")) return null;
       addresses.add(normaliseAddress(pair[1], "bare"));
     }
-    if (addresses.size > 1) return { address: null, ambiguous: true };
-    if (addresses.size === 1) return { address: [...addresses][0] };
+    if (addresses.size > 1) return { family: "security-event", address: null, ambiguous: true };
+    if (addresses.size === 1) return failure("security-event", [...addresses][0]);
     // No pair at all: an AccountID cut by a line feed (chan_sip) leaves an open head.
-    return pairs === 0 ? { address: null, openHead: true } : { address: null };
+    return failure("security-event", null, pairs === 0);
   },
 };
 
 /** The families to try, by the source file Asterisk names in the prefix. */
 const FAMILIES_BY_FILE: ReadonlyMap<string, readonly Family[]> = new Map<string, Family[]>([
   ["chan_sip.c", [
-    tailFamily("sip-register", NOTICE, SIP_REGISTER, "sockaddr"),
+    sipRegister,
     sipCall,
     tailFamily("sip-hacking-attempt", NOTICE, SIP_HACKING_ATTEMPT, "bare"),
   ]],
@@ -736,9 +857,9 @@ const FAMILIES_BY_FILE: ReadonlyMap<string, readonly Family[]> = new Map<string,
       read(body) {
         const match = IAX2_REJECTED.exec(body);
         if (!match) return null;
-        const address = normaliseAddress(match[1], "sockaddr");
         const tail = IAX2_REJECTED_TAIL[match[2] as keyof typeof IAX2_REJECTED_TAIL];
-        return tail.test(body.slice(match[0].length)) ? { address } : { address, openHead: true };
+        const openHead = !tail.test(body.slice(match[0].length));
+        return failure("iax2-rejected", normaliseAddress(match[1], "sockaddr"), openHead);
       },
     },
   ]],
@@ -747,17 +868,30 @@ const FAMILIES_BY_FILE: ReadonlyMap<string, readonly Family[]> = new Map<string,
   ["Ext.", [tailFamily("dialplan-unknown-sip", null, DIALPLAN_UNKNOWN_SIP, "bare")]],
 ]);
 
+/**
+ * The first character a message body of each watched file can start with, for the cheap test on
+ * the hot path (see {@link mayHoldFailure}); null where anything can come first.
+ */
+const BODY_STARTS: ReadonlyMap<string, string | null> = new Map([
+  ["chan_sip.c", "RCh"],
+  ["res_pjsip/pjsip_distributor.c", "R"],
+  ["res_pjsip_session.c", null],
+  ["chan_iax2.c", "HNR"],
+  ["manager.c", "0123456789abcdefABCDEF:"],
+  ["res_security_log.c", "S"],
+]);
+
 /** Reads the body of a record once its level and source file are known. */
 function readBody(level: string, file: string, body: string, fromJson: boolean): Failure | null {
   const families = FAMILIES_BY_FILE.get(file);
   if (!families) return null;
   for (const family of families) {
     if (family.levels && !family.levels.includes(level)) continue;
-    const reading = family.read(body);
-    if (!reading) continue;
+    const result = family.read(body);
+    if (!result) continue;
     // A JSON record is one line whatever it holds: nothing after it can be forged.
-    if (fromJson && reading.openHead) delete reading.openHead;
-    return { family: family.name, ...reading };
+    if (fromJson) delete result.openHead;
+    return result;
   }
   return null;
 }
@@ -789,16 +923,15 @@ function parseJsonLine(line: string): Failure | null {
 export function parseLine(line: string): Failure | null {
   if (line.endsWith("\r")) line = line.slice(0, -1);
   if (line.charCodeAt(0) === 123 /* { */) return parseJsonLine(line);
-  let prefix = FILE_PREFIX.exec(line) ?? LOCATED_PREFIX.exec(line);
+  let prefix = readPrefix(line);
   if (!prefix && line.includes("\x1b")) {
     // Console output copied to the journal keeps its colours; only there are they stripped.
     line = line.replace(SGR, "");
-    prefix = LOCATED_PREFIX.exec(line);
+    prefix = readPrefix(line);
   }
   if (!prefix) return null;
-  return readBody(prefix[1], prefix[2] ?? "Ext.", line.slice(prefix[0].length), false);
+  return readBody(prefix.level, prefix.file, line.slice(prefix.body), false);
 }
-
 // ---------------------------------------------------------------------------------------------
 // Counting
 // ---------------------------------------------------------------------------------------------
@@ -843,7 +976,7 @@ export function addFailure(tally: Tally, address: string, tries?: number): void 
   tally.failures += step;
 }
 
-/** Source files whose lines may hold a failure, by the character before `.c`. */
+/** Source files whose lines may hold a failure (without `.c`), by the character before `.c`. */
 const WATCHED_FILES: Record<number, readonly string[]> = {
   112: ["chan_sip"], // p
   114: ["res_pjsip/pjsip_distributor", "manager"], // r
@@ -855,10 +988,12 @@ const WATCHED_FILES: Record<number, readonly string[]> = {
 const PREFIX_REACH = 256;
 
 /**
- * Cheap test on the hot path: does this line name a source file whose messages we read? Lines
- * that pass are parsed in full; the rest (most of a log) are only counted.
+ * The cheap test on the hot path: may this line hold a failure? It must name a watched source
+ * file (the first `name.c:` in the line, or `"filename":"…"` in JSON, or `Ext. `), and in the
+ * file format its message must start with a character one of that file's families starts with.
+ * Lines that pass are parsed in full; the rest, most of a log, are only counted.
  */
-function namesWatchedFile(s: string, start: number, end: number): boolean {
+function mayHoldFailure(s: string, start: number, end: number): boolean {
   const reach = Math.min(end, start + PREFIX_REACH);
   if (s.charCodeAt(start) === 123 /* { */) {
     const key = s.indexOf('"filename":"', start);
@@ -873,9 +1008,16 @@ function namesWatchedFile(s: string, start: number, end: number): boolean {
     dot = s.indexOf(".c", dot + 2)
   ) {
     const next = s.charCodeAt(dot + 2);
-    if (next !== 58 /* : */ && next !== 27 /* ESC, journal colours */) continue;
+    if (next !== 58 /* : */ && next !== 27 /* ESC: journal colours */) continue;
     const names = WATCHED_FILES[s.charCodeAt(dot - 1)];
-    return names !== undefined && names.some((name) => s.startsWith(name, dot - name.length));
+    if (names === undefined) return false;
+    for (const name of names) {
+      if (!s.startsWith(name, dot - name.length)) continue;
+      if (next === 27 || s.charCodeAt(dot + 3) !== 32) return true; // not the file format
+      const starts = BODY_STARTS.get(name + ".c");
+      return starts === null || (starts !== undefined && starts.includes(s[dot + 4]));
+    }
+    return false;
   }
   const ext = s.indexOf("Ext. ", start);
   return ext !== -1 && ext < reach;
@@ -936,7 +1078,7 @@ export function createScanner(tally: Tally, onFailure?: (failure: Failure) => vo
       if (end === -1) end = length;
       tally.lines++;
       if (end - start > MAX_LINE) tally.longLines++;
-      else if (namesWatchedFile(s, start, end)) {
+      else if (mayHoldFailure(s, start, end)) {
         const failure = parseLine(s.slice(start, end));
         if (failure) record(failure, base + start, base + end);
       }

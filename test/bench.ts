@@ -1,0 +1,769 @@
+/**
+ * sipcheck benchmark: exact counts, throughput and memory against `grep -cE`, and firewall time.
+ *
+ * ```
+ * deno run -A test/bench.ts [options]      (deno task bench)
+ * node test/bench.ts [options]             (Node >= 22.18)
+ *
+ *   --lines N        lines in the main log (default 10,000,000, about 1.7 GB)
+ *   --distinct N     addresses in the distinct-addresses log (default 1,000,000)
+ *   --long-mb N      size of the single long line in MiB (default 100)
+ *   --offenders N    offenders for the firewall part, half IPv4, half IPv6 (default 10,000)
+ *   --sample N       bans timed for the one-iptables-per-ban baseline (default 1,000)
+ *   --runs N         timed runs per measurement; the best is reported (default 3)
+ *   --runtimes LIST  deno,node (default both)
+ *   --no-firewall    skip the firewall part
+ *   --dir D          where to write the logs (default a new directory under the temp dir)
+ *   --keep           keep the generated logs
+ * ```
+ *
+ * What it does:
+ * 1. Generates the logs with test/loggen.ts, which also returns the exact failure count per
+ *    address that sipcheck must report.
+ * 2. Reads each log once to warm the page cache, then runs `sipcheck.ts --dry-run --json LOG`
+ *    under Deno and Node (`--runs` times each) and `LC_ALL=C grep -cE PATTERN LOG` on the main
+ *    log. The first sipcheck run of each file is checked against the expected counts, address by
+ *    address; any difference is printed and makes the exit status 1.
+ * 3. Peak RSS: with `/usr/bin/time -f %M` (GNU time; the child's ru_maxrss) when present, else by
+ *    polling `VmHWM` in `/proc/<pid>/status` every 10 ms while the child runs (VmHWM is the
+ *    high-water mark, so the last reading before exit is the peak). Wall time is measured around
+ *    the child in this process; the wrapper adds well under a millisecond.
+ * 4. Firewall (root, `unshare` and `iptables` only): in a private network and mount namespace
+ *    (`unshare -n -m`, fresh tmpfs on /run for the lock file) sipcheck bans the offenders of a
+ *    generated log, then runs again with all of them already banned. The baseline is one
+ *    `iptables -w -A sipcheck -s ADDR -j DROP` process per ban (ip6tables for IPv6), timed for
+ *    `--sample` addresses and extrapolated. The host's firewall is never touched.
+ *
+ * @module
+ */
+
+import { spawn, spawnSync } from "node:child_process";
+import type { SpawnSyncReturns } from "node:child_process";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { cpus, release, tmpdir, totalmem } from "node:os";
+import { dirname, join } from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { distinctLinesNeeded, writeLogFile, writeLongLineFile } from "./loggen.ts";
+import type { LogOptions, WrittenLog } from "./loggen.ts";
+
+const SIPCHECK = join(dirname(fileURLToPath(import.meta.url)), "..", "sipcheck.ts");
+
+/** The baseline from the issue, verbatim. */
+const GREP_PATTERN = `failed for '|SecurityEvent="(FailedACL|InvalidAccountID|` +
+  `ChallengeResponseFailed|InvalidPassword)"|rejected because extension not found|` +
+  `failed to authenticate as '|failed MD5 authentication|No registration for peer '|` +
+  `tried to authenticate with nonexistent user|: "Rejecting unknown SIP connection from`;
+
+const TIME = "/usr/bin/time";
+const FW_THRESHOLD = 10;
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+const say = (s = "") => process.stdout.write(s + "\n");
+const fmtInt = (n: number) => Math.round(n).toLocaleString("en-US");
+const fmtSec = (ms: number) =>
+  ms >= 10000 ? `${(ms / 1000).toFixed(1)} s` : `${(ms / 1000).toFixed(2)} s`;
+const fmtMiB = (kib: number | null) => kib === null ? "n/a" : `${(kib / 1024).toFixed(0)} MiB`;
+const fmtMB = (bytes: number) =>
+  bytes >= 1e9 ? `${(bytes / 1e9).toFixed(2)} GB` : `${(bytes / 1e6).toFixed(0)} MB`;
+
+function parseOptions(argv: string[]) {
+  const o = {
+    lines: 10_000_000,
+    distinct: 1_000_000,
+    longMb: 100,
+    offenders: 10_000,
+    sample: 1_000,
+    runs: 3,
+    runtimes: ["deno", "node"],
+    firewall: true,
+    dir: "",
+    keep: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const num = () => {
+      const v = Number(argv[++i]);
+      if (!Number.isFinite(v) || v < 0) throw new Error(`${a} needs a number`);
+      return Math.floor(v);
+    };
+    if (a === "--lines") o.lines = num();
+    else if (a === "--distinct") o.distinct = num();
+    else if (a === "--long-mb") o.longMb = num();
+    else if (a === "--offenders") o.offenders = num();
+    else if (a === "--sample") o.sample = num();
+    else if (a === "--runs") o.runs = Math.max(1, num());
+    else if (a === "--runtimes") o.runtimes = (argv[++i] ?? "").split(",").filter(Boolean);
+    else if (a === "--no-firewall") o.firewall = false;
+    else if (a === "--dir") o.dir = argv[++i] ?? "";
+    else if (a === "--keep") o.keep = true;
+    else throw new Error(`unknown option ${a} (see the header of test/bench.ts)`);
+  }
+  return o;
+}
+
+function run(cmd: string, args: string[]): SpawnSyncReturns<string> {
+  return spawnSync(cmd, args, { encoding: "utf8", maxBuffer: 1 << 26 });
+}
+
+function firstLine(cmd: string, args: string[]): string {
+  const r = run(cmd, args);
+  return r.status === 0 ? (r.stdout || r.stderr).split("\n")[0].trim() : "";
+}
+
+/** Reads a file once so that the timed runs find it in the page cache. */
+function warm(path: string): void {
+  const fd = openSync(path, "r");
+  const buf = new Uint8Array(1 << 24);
+  try {
+    while (readSync(fd, buf, 0, buf.length, null) > 0) { /* read on */ }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runtimes
+
+/** How to run sipcheck under one runtime. */
+interface Runtime {
+  name: string;
+  label: string;
+  cmd: string;
+  /** Arguments before sipcheck's own, for --dry-run scans. */
+  scan: string[];
+  /** Arguments before sipcheck's own, for runs that change the firewall. */
+  firewall: string[];
+}
+
+function findRuntimes(wanted: string[]): { runtimes: Runtime[]; notes: string[] } {
+  const runtimes: Runtime[] = [];
+  const notes: string[] = [];
+  const isDeno = typeof Deno !== "undefined";
+  if (wanted.includes("deno")) {
+    const cmd = isDeno ? Deno.execPath() : "deno";
+    const version = firstLine(cmd, ["--version"]);
+    if (version) {
+      runtimes.push({
+        name: "deno",
+        label: `Deno ${version.split(" ")[1]}`,
+        cmd,
+        scan: ["run", "--allow-read", "--allow-sys", SIPCHECK],
+        firewall: [
+          "run",
+          "--no-prompt",
+          "--allow-read",
+          "--allow-write=/run/sipcheck.lock",
+          "--allow-run",
+          "--allow-sys",
+          SIPCHECK,
+        ],
+      });
+    } else notes.push("deno not found: Deno runs skipped");
+  }
+  if (wanted.includes("node")) {
+    const ok = (v: string) => {
+      const [major, minor] = v.replace(/^v/, "").split(".").map(Number);
+      return major > 22 || (major === 22 && minor >= 18);
+    };
+    let cmd = "";
+    if (!isDeno && ok(process.versions.node)) cmd = process.execPath;
+    else {
+      // npx prints the path of the node binary it installed; run that directly afterwards, so
+      // that timings and peak RSS are the tool's, not npx's.
+      cmd = firstLine("npx", ["-y", "node@24", "-p", "process.execPath"]);
+    }
+    const version = cmd ? firstLine(cmd, ["--version"]) : "";
+    if (version && ok(version)) {
+      runtimes.push({
+        name: "node",
+        label: `Node ${version.replace(/^v/, "")}`,
+        cmd,
+        scan: [SIPCHECK],
+        firewall: [SIPCHECK],
+      });
+    } else notes.push("no Node >= 22.18 found (tried npx -y node@24): Node runs skipped");
+  }
+  return { runtimes, notes };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring one child
+
+interface Measured {
+  ms: number;
+  /** Peak resident set size in KiB, or null when it could not be measured. */
+  rssKiB: number | null;
+  status: number | null;
+  stderr: string;
+}
+
+const haveTime = existsSync(TIME);
+
+/** Runs cmd with stdout to `outFile` and returns wall time, peak RSS and status. */
+async function measure(cmd: string, args: string[], outFile: string): Promise<Measured> {
+  const out = openSync(outFile, "w");
+  try {
+    if (haveTime) {
+      const rssFile = `${outFile}.rss`;
+      const t0 = performance.now();
+      const r = spawnSync(TIME, ["-f", "%M", "-o", rssFile, cmd, ...args], {
+        stdio: ["ignore", out, "pipe"],
+        encoding: "utf8",
+        maxBuffer: 1 << 26,
+        env: { ...process.env, LC_ALL: "C" },
+      });
+      const ms = performance.now() - t0;
+      const rss = Number(readFileSync(rssFile, "utf8").trim().split("\n").pop());
+      rmSync(rssFile, { force: true });
+      return { ms, rssKiB: Number.isFinite(rss) ? rss : null, status: r.status, stderr: r.stderr };
+    }
+    return await measureByPolling(cmd, args, out);
+  } finally {
+    closeSync(out);
+  }
+}
+
+/** Fallback without GNU time: poll VmHWM of the child while it runs. */
+function measureByPolling(cmd: string, args: string[], out: number): Promise<Measured> {
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    const child = spawn(cmd, args, {
+      stdio: ["ignore", out, "pipe"],
+      env: { ...process.env, LC_ALL: "C" },
+    });
+    let stderr = "";
+    let hwm: number | null = null;
+    child.stderr?.on("data", (d) => (stderr += String(d)));
+    const poll = () => {
+      try {
+        const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, "utf8"));
+        if (m) hwm = Math.max(hwm ?? 0, Number(m[1]));
+      } catch { /* exited */ }
+    };
+    const timer = setInterval(poll, 10);
+    poll();
+    child.on("exit", (code) => {
+      const ms = performance.now() - t0;
+      clearInterval(timer);
+      resolve({ ms, rssKiB: hwm, status: code, stderr });
+    });
+  });
+}
+
+interface Best {
+  ms: number;
+  rssKiB: number | null;
+}
+
+/** Runs a command `runs` times; returns the best time and the highest peak RSS. */
+async function bestOf(
+  runs: number,
+  cmd: string,
+  args: string[],
+  outFile: string,
+  check?: (first: Measured) => void,
+): Promise<Best> {
+  let best = Infinity, rss: number | null = null;
+  for (let i = 0; i < runs; i++) {
+    const m = await measure(cmd, args, outFile);
+    if (i === 0 && check) check(m);
+    best = Math.min(best, m.ms);
+    if (m.rssKiB !== null) rss = Math.max(rss ?? 0, m.rssKiB);
+  }
+  return { ms: best, rssKiB: rss };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking sipcheck's report
+
+interface Report {
+  lines: number;
+  failures: number;
+  addresses: { ip: string; failures: number; action: string }[];
+}
+
+const problems: string[] = [];
+
+/** Compares a --json report with the generator's expectation; records and prints differences. */
+function checkReport(
+  what: string,
+  m: Measured,
+  outFile: string,
+  log: WrittenLog,
+  action?: string,
+): Report | null {
+  const fail = (msg: string) => {
+    problems.push(`${what}: ${msg}`);
+    say(`  MISMATCH ${what}: ${msg}`);
+  };
+  if (m.status !== 0) {
+    fail(`exit status ${m.status}; stderr: ${m.stderr.trim().slice(0, 500)}`);
+    return null;
+  }
+  let report: Report;
+  try {
+    report = JSON.parse(readFileSync(outFile, "utf8"));
+  } catch (e) {
+    fail(`output is not JSON (${(e as Error).message})`);
+    return null;
+  }
+  const got = new Map(report.addresses.map((a) => [a.ip, a.failures]));
+  const wrong: string[] = [];
+  for (const [ip, n] of log.expected) {
+    if (got.get(ip) !== n) wrong.push(`${ip}: sipcheck ${got.get(ip) ?? "none"}, expected ${n}`);
+  }
+  for (const [ip, n] of got) {
+    if (!log.expected.has(ip)) wrong.push(`${ip}: sipcheck ${n}, expected none`);
+  }
+  if (wrong.length) {
+    fail(`${wrong.length} of ${log.expected.size} addresses differ; first ones:`);
+    for (const w of wrong.slice(0, 10)) say(`    ${w}`);
+  }
+  if (report.lines !== log.lines) fail(`lines ${report.lines}, expected ${log.lines}`);
+  if (report.failures !== log.failures) {
+    fail(`failures ${report.failures}, expected ${log.failures}`);
+  }
+  if (action) {
+    const other = report.addresses.filter((a) => a.action !== action);
+    if (other.length) {
+      fail(`${other.length} addresses not "${action}", e.g. ${JSON.stringify(other[0])}`);
+    }
+  }
+  if (!wrong.length) say(`  ${what}: counts exact (${fmtInt(log.expected.size)} addresses)`);
+  return report;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Firewall part
+
+interface FirewallResult {
+  runtime: string;
+  banMs: number;
+  againMs: number;
+  scanMs: number;
+  rssKiB: number | null;
+}
+
+const FW_SCRIPT = `set -u
+D=$1; shift
+mount -t tmpfs tmpfs /run || exit 97
+T=""; [ -x ${TIME} ] && T="${TIME} -f %M -o"
+t0=$(date +%s%N)
+if [ -n "$T" ]; then $T "$D/ban.rss" "$@" > "$D/ban.json" 2> "$D/ban.err"; else "$@" > "$D/ban.json" 2> "$D/ban.err"; fi
+echo $? > "$D/ban.rc"
+t1=$(date +%s%N)
+if [ -n "$T" ]; then $T "$D/again.rss" "$@" > "$D/again.json" 2> "$D/again.err"; else "$@" > "$D/again.json" 2> "$D/again.err"; fi
+echo $? > "$D/again.rc"
+t2=$(date +%s%N)
+iptables-save > "$D/v4.rules" 2>&1
+ip6tables-save > "$D/v6.rules" 2>&1
+echo "$t0 $t1 $t2" > "$D/times"
+`;
+
+const BASELINE_SCRIPT = `set -u
+D=$1
+iptables -w -N sipcheck && ip6tables -w -N sipcheck || exit 98
+t0=$(date +%s%N)
+while read -r a; do iptables -w -A sipcheck -s "$a" -j DROP || exit 99; done < "$D/sample4"
+while read -r a; do ip6tables -w -A sipcheck -s "$a" -j DROP || exit 99; done < "$D/sample6"
+t1=$(date +%s%N)
+while read -r a; do iptables -w -C sipcheck -s "$a" -j DROP || exit 99; done < "$D/sample4"
+while read -r a; do ip6tables -w -C sipcheck -s "$a" -j DROP || exit 99; done < "$D/sample6"
+t2=$(date +%s%N)
+echo "$t0 $t1 $t2" > "$D/times"
+`;
+
+function firewallSkipReason(): string | null {
+  if (process.platform !== "linux") return "not Linux";
+  if (process.getuid?.() !== 0) return "needs root";
+  for (const tool of ["unshare", "iptables", "ip6tables", "iptables-save", "ip6tables-save"]) {
+    if (run("sh", ["-c", `command -v ${tool}`]).status !== 0) return `needs ${tool}`;
+  }
+  const probe = run("unshare", [
+    "-n",
+    "-m",
+    "sh",
+    "-c",
+    "mount -t tmpfs tmpfs /run && iptables -w -S",
+  ]);
+  if (probe.status !== 0) return `unshare -n -m does not work here: ${probe.stderr.trim()}`;
+  return null;
+}
+
+const nsTimes = (dir: string) =>
+  readFileSync(join(dir, "times"), "utf8").trim().split(" ").map(Number);
+
+/** Bans every offender in fresh namespaces, `runs` times; returns the best ban and rerun times. */
+function firewallRuns(rt: Runtime, log: WrittenLog, runs: number, dir: string) {
+  let banMs = Infinity, againMs = Infinity, rss: number | null = null;
+  const want4 = [...log.expected.keys()].filter((a) => !a.includes(":"));
+  const want6 = [...log.expected.keys()].filter((a) => a.includes(":"));
+  for (let i = 0; i < runs; i++) {
+    const d = join(dir, `fw-${rt.name}-${i}`);
+    mkdirSync(d, { recursive: true });
+    const args = [...rt.firewall, "--json", "-t", String(FW_THRESHOLD), log.path];
+    const r = spawnSync("unshare", ["-n", "-m", "sh", "-c", FW_SCRIPT, "sh", d, rt.cmd, ...args], {
+      encoding: "utf8",
+    });
+    if (r.status !== 0) {
+      problems.push(`firewall ${rt.name}: namespace script failed (${r.status}): ${r.stderr}`);
+      say(`  firewall ${rt.name}: namespace script failed (${r.status}): ${r.stderr}`);
+      return null;
+    }
+    const [t0, t1, t2] = nsTimes(d);
+    banMs = Math.min(banMs, (t1 - t0) / 1e6);
+    againMs = Math.min(againMs, (t2 - t1) / 1e6);
+    for (const f of ["ban.rss", "again.rss"]) {
+      const p = join(d, f);
+      if (existsSync(p)) rss = Math.max(rss ?? 0, Number(readFileSync(p, "utf8").trim()));
+    }
+    if (i === 0) {
+      for (const [step, action] of [["ban", "banned"], ["again", "already-banned"]]) {
+        const rc = Number(readFileSync(join(d, `${step}.rc`), "utf8"));
+        const m: Measured = {
+          ms: 0,
+          rssKiB: null,
+          status: rc,
+          stderr: readFileSync(join(d, `${step}.err`), "utf8"),
+        };
+        checkReport(`firewall ${rt.name} ${step}`, m, join(d, `${step}.json`), log, action);
+      }
+      const sources = (file: string, bits: string) =>
+        new Set(
+          [...readFileSync(join(d, file), "utf8").matchAll(new RegExp(`-s (\\S+)/${bits} `, "g"))]
+            .map((x) => x[1]),
+        );
+      const got4 = sources("v4.rules", "32"), got6 = sources("v6.rules", "128");
+      const missing = [...want4.filter((a) => !got4.has(a)), ...want6.filter((a) => !got6.has(a))];
+      if (missing.length) {
+        problems.push(`firewall ${rt.name}: ${missing.length} offenders have no rule`);
+        say(`  firewall ${rt.name}: ${missing.length} offenders have no rule, e.g. ${missing[0]}`);
+      } else {
+        say(
+          `  firewall ${rt.name}: rules present for all ${want4.length} IPv4 and ` +
+            `${want6.length} IPv6 offenders`,
+        );
+      }
+    }
+  }
+  return { banMs, againMs, rssKiB: rss };
+}
+
+/** One iptables process per ban, for a sample, in a fresh namespace. */
+function baselineRun(log: WrittenLog, sample: number, dir: string) {
+  const d = join(dir, "fw-baseline");
+  mkdirSync(d, { recursive: true });
+  const all = [...log.expected.keys()];
+  const v4 = all.filter((a) => !a.includes(":")).slice(0, Math.ceil(sample / 2));
+  const v6 = all.filter((a) => a.includes(":")).slice(0, Math.floor(sample / 2));
+  writeFileSync(join(d, "sample4"), v4.join("\n") + "\n");
+  writeFileSync(join(d, "sample6"), v6.join("\n") + "\n");
+  const r = spawnSync("unshare", ["-n", "-m", "sh", "-c", BASELINE_SCRIPT, "sh", d], {
+    encoding: "utf8",
+  });
+  if (r.status !== 0) {
+    say(`  baseline failed (${r.status}): ${r.stderr}`);
+    return null;
+  }
+  const [t0, t1, t2] = nsTimes(d);
+  const n = v4.length + v6.length;
+  return { n, addMs: (t1 - t0) / 1e6, checkMs: (t2 - t1) / 1e6 };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+interface Row {
+  input: string;
+  tool: string;
+  ms: number;
+  lines: number;
+  bytes: number;
+  rssKiB: number | null;
+  grepMs?: number;
+}
+
+async function main(): Promise<number> {
+  const o = parseOptions(process.argv.slice(2));
+  if (!existsSync(SIPCHECK)) {
+    say(`sipcheck.ts not found at ${SIPCHECK}`);
+    return 2;
+  }
+  const madeDir = !o.dir;
+  const dir = o.dir || mkdtempSync(join(tmpdir(), "sipcheck-bench-"));
+  mkdirSync(dir, { recursive: true });
+  const { runtimes, notes } = findRuntimes(o.runtimes);
+  for (const n of notes) say(`note: ${n}`);
+
+  const cpu = /model name\s*:\s*(.*)/.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "?";
+  const grepVersion = firstLine("grep", ["--version"]);
+  const machine = `${cpu}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, ` +
+    `Linux ${release()}`;
+  const versions = [...runtimes.map((r) => r.label), grepVersion].join(", ");
+  say(`# sipcheck benchmark`);
+  say(`machine: ${machine}`);
+  say(`runtimes: ${versions}`);
+  say(`peak RSS: ${haveTime ? `${TIME} -f %M` : "polling VmHWM in /proc/PID/status"}`);
+  say(`logs in: ${dir}`);
+  say();
+
+  const rows: Row[] = [];
+  const files: string[] = [];
+  const generate = (name: string, make: () => WrittenLog) => {
+    const t0 = performance.now();
+    const log = make();
+    files.push(log.path);
+    say(
+      `generated ${name}: ${fmtInt(log.lines)} lines, ${fmtMB(log.bytes)}, ` +
+        `${fmtInt(log.expected.size)} addresses, ${fmtInt(log.failures)} failures ` +
+        `in ${fmtSec(performance.now() - t0)}`,
+    );
+    warm(log.path);
+    return log;
+  };
+
+  /** Times sipcheck --dry-run on a log under every runtime, checking the first run's counts. */
+  const scanAll = async (label: string, log: WrittenLog, extra: string[] = []) => {
+    const out: Record<string, Best> = {};
+    for (const rt of runtimes) {
+      const outFile = join(dir, `out-${rt.name}.json`);
+      const args = [...rt.scan, "--dry-run", "--json", ...extra, log.path];
+      out[rt.name] = await bestOf(o.runs, rt.cmd, args, outFile, (m) => {
+        checkReport(`${label}, ${rt.label}`, m, outFile, log);
+      });
+      rmSync(outFile, { force: true });
+      say(
+        `  ${rt.label}: best ${fmtSec(out[rt.name].ms)}, peak RSS ${fmtMiB(out[rt.name].rssKiB)}`,
+      );
+    }
+    return out;
+  };
+
+  // 1. Main log against grep.
+  const mainLog = generate(
+    "main log",
+    () => writeLogFile(join(dir, "messages-main.log"), { lines: o.lines, seed: 1 }),
+  );
+  const grepOut = join(dir, "grep.out");
+  const grep = await bestOf(o.runs, "grep", ["-cE", GREP_PATTERN, mainLog.path], grepOut);
+  const grepCount = Number(readFileSync(grepOut, "utf8").trim());
+  rmSync(grepOut, { force: true });
+  say(
+    `  grep -cE: best ${fmtSec(grep.ms)}, peak RSS ${fmtMiB(grep.rssKiB)}, ${
+      fmtInt(grepCount)
+    } matching lines ` +
+      `(sipcheck counts ${fmtInt(mainLog.countedLines)} lines)`,
+  );
+  const mainRes = await scanAll("main log", mainLog);
+  const mainInput = `${fmtInt(mainLog.lines)} lines, ${fmtMB(mainLog.bytes)}`;
+  for (const rt of runtimes) {
+    rows.push({
+      input: mainInput,
+      tool: `sipcheck, ${rt.label}`,
+      ...mainRes[rt.name],
+      lines: mainLog.lines,
+      bytes: mainLog.bytes,
+      grepMs: grep.ms,
+    });
+  }
+  rows.push({
+    input: mainInput,
+    tool: `grep -cE (${grepVersion})`,
+    ...grep,
+    lines: mainLog.lines,
+    bytes: mainLog.bytes,
+  });
+  if (!o.keep) rmSync(mainLog.path, { force: true });
+  say();
+
+  // 2. One long line.
+  if (o.longMb > 0) {
+    const long = generate(
+      `${o.longMb} MiB line + 200,000 lines`,
+      () =>
+        writeLongLineFile(join(dir, "messages-longline.log"), {
+          lines: 200_000,
+          seed: 2,
+          longBytes: o.longMb * 1024 * 1024,
+        }),
+    );
+    const res = await scanAll("long line", long);
+    for (const rt of runtimes) {
+      rows.push({
+        input: `one ${o.longMb} MiB line + 200,000 lines`,
+        tool: `sipcheck, ${rt.label}`,
+        ...res[rt.name],
+        lines: long.lines,
+        bytes: long.bytes,
+      });
+    }
+    if (!o.keep) rmSync(long.path, { force: true });
+    say();
+  }
+
+  // 3. Many distinct addresses.
+  if (o.distinct > 0) {
+    const per: [number, number] = [1, 4];
+    const dist = generate(
+      `${fmtInt(o.distinct)} distinct addresses`,
+      () =>
+        writeLogFile(join(dir, "messages-distinct.log"), {
+          lines: distinctLinesNeeded(o.distinct, per),
+          seed: 3,
+          distinctAttackers: o.distinct,
+          linesPerAttacker: per,
+        }),
+    );
+    const res = await scanAll("distinct addresses", dist);
+    for (const rt of runtimes) {
+      rows.push({
+        input: `${fmtInt(o.distinct)} distinct addresses, ${fmtInt(dist.lines)} lines`,
+        tool: `sipcheck, ${rt.label}`,
+        ...res[rt.name],
+        lines: dist.lines,
+        bytes: dist.bytes,
+      });
+    }
+    if (!o.keep) rmSync(dist.path, { force: true });
+    say();
+  }
+
+  // 4. Firewall.
+  const fw: FirewallResult[] = [];
+  let baseline: { n: number; addMs: number; checkMs: number } | null = null;
+  let fwNote = "";
+  if (o.firewall && o.offenders > 0) {
+    const why = firewallSkipReason();
+    if (why) {
+      fwNote = `firewall part skipped: ${why}`;
+      say(`skipped: ${fwNote}`);
+    } else {
+      const opts: LogOptions = {
+        lines: o.offenders * 20,
+        seed: 4,
+        distinctAttackers: o.offenders,
+        linesPerAttacker: [FW_THRESHOLD + 1, FW_THRESHOLD + 5],
+        v6Share: 0.5,
+      };
+      const log = generate(
+        `firewall log (${fmtInt(o.offenders)} offenders)`,
+        () => writeLogFile(join(dir, "messages-offenders.log"), opts),
+      );
+      const scan = await scanAll("offenders log (dry run)", log, ["-t", String(FW_THRESHOLD)]);
+      for (const rt of runtimes) {
+        const r = firewallRuns(rt, log, o.runs, dir);
+        if (r) {
+          fw.push({ runtime: rt.label, ...r, scanMs: scan[rt.name].ms });
+          say(
+            `  ${rt.label}: ban ${fmtSec(r.banMs)}, rerun ${fmtSec(r.againMs)}, scan alone ${
+              fmtSec(scan[rt.name].ms)
+            }`,
+          );
+        }
+      }
+      baseline = baselineRun(log, Math.min(o.sample, o.offenders), dir);
+      if (baseline) {
+        say(
+          `  baseline: ${baseline.n} iptables -A processes in ${fmtSec(baseline.addMs)}, ` +
+            `${baseline.n} iptables -C in ${fmtSec(baseline.checkMs)}`,
+        );
+      }
+      if (!o.keep) rmSync(log.path, { force: true });
+    }
+    say();
+  } else fwNote = "firewall part skipped: --no-firewall";
+
+  // Summary.
+  say(`## Results`);
+  say();
+  say(`Machine: ${machine}. Runtimes: ${versions}.`);
+  say(
+    `Best of ${o.runs} runs, page cache warm. Peak RSS is the maximum over the runs ` +
+      `(${haveTime ? "GNU time %M" : "VmHWM polling"}).`,
+  );
+  say();
+  say(`| Input | Tool | Time | Lines/s | MB/s | Peak RSS | Time vs grep |`);
+  say(`|---|---|--:|--:|--:|--:|--:|`);
+  for (const r of rows) {
+    const ratio = r.grepMs ? `${(r.ms / r.grepMs).toFixed(1)}×` : "";
+    say(
+      `| ${r.input} | ${r.tool} | ${fmtSec(r.ms)} | ${fmtInt(r.lines / (r.ms / 1000))} | ` +
+        `${(r.bytes / 1e6 / (r.ms / 1000)).toFixed(0)} | ${fmtMiB(r.rssKiB)} | ${ratio} |`,
+    );
+  }
+  say();
+  if (fw.length) {
+    const n = o.offenders, b = baseline;
+    const per = b ? (ms: number) => fmtSec((ms / b.n) * n) : () => "n/a";
+    say(
+      `Firewall, in a private network namespace: ${fmtInt(n)} offenders (${
+        fmtInt(Math.ceil(n / 2))
+      } IPv4 + ` +
+        `${
+          fmtInt(Math.floor(n / 2))
+        } IPv6) above threshold ${FW_THRESHOLD}. Wall time of the whole run; ` +
+        `"firewall" subtracts the same runtime's --dry-run scan of the same log. The baseline ` +
+        `runs one iptables/ip6tables process per address for ${b ? fmtInt(b.n) : "?"} addresses ` +
+        `and is extrapolated to ${fmtInt(n)}.`,
+    );
+    say();
+    say(
+      `| Step | ${
+        fw.map((f) => `sipcheck, ${f.runtime}`).join(" | ")
+      } | one process per address (extrapolated) |`,
+    );
+    say(`|---|${fw.map(() => "--:").join("|")}|--:|`);
+    const cell = (ms: number, scan: number) =>
+      `${fmtSec(ms)} (firewall ${fmtSec(Math.max(0, ms - scan))})`;
+    say(
+      `| ban all | ${fw.map((f) => cell(f.banMs, f.scanMs)).join(" | ")} | ${
+        b ? per(b.addMs) : "n/a"
+      } (iptables -A) |`,
+    );
+    say(
+      `| rerun, all already banned | ${fw.map((f) => cell(f.againMs, f.scanMs)).join(" | ")} | ${
+        b ? per(b.checkMs) : "n/a"
+      } (iptables -C) |`,
+    );
+    say(`| peak RSS | ${fw.map((f) => fmtMiB(f.rssKiB)).join(" | ")} | |`);
+    say();
+  } else if (fwNote) {
+    say(fwNote);
+    say();
+  }
+
+  if (!o.keep) {
+    for (const f of files) rmSync(f, { force: true });
+    rmSync(madeDir ? dir : join(dir, "fw-baseline"), { recursive: true, force: true });
+    if (!madeDir) {
+      for (const rt of runtimes) {
+        for (let i = 0; i < o.runs; i++) {
+          rmSync(join(dir, `fw-${rt.name}-${i}`), { recursive: true, force: true });
+        }
+      }
+    }
+  } else say(`kept: ${dir}`);
+
+  if (problems.length) {
+    say(`FAILED: ${problems.length} problem(s):`);
+    for (const p of problems) say(`  ${p}`);
+    return 1;
+  }
+  say(`all counts exact`);
+  return 0;
+}
+
+process.exitCode = await main();
