@@ -1069,11 +1069,10 @@ export function createScanner(tally: Tally, onFailure?: (failure: Failure) => vo
     onFailure?.(failure);
   }
 
-  /** Counts and reads the lines of `s`, which starts at log offset `base`. */
+  /** Counts and reads the lines of `s` (one more than its line feeds), from log offset `base`. */
   function scanText(s: string, base: number): void {
     const length = s.length;
-    let start = 0;
-    while (start < length) {
+    for (let start = 0;;) {
       let end = s.indexOf("\n", start);
       if (end === -1) end = length;
       tally.lines++;
@@ -1082,6 +1081,7 @@ export function createScanner(tally: Tally, onFailure?: (failure: Failure) => vo
         const failure = parseLine(s.slice(start, end));
         if (failure) record(failure, base + start, base + end);
       }
+      if (end === length) return;
       start = end + 1;
     }
   }

@@ -1,0 +1,245 @@
+/**
+ * The command line as people run it: sipcheck.ts spawned under the runtime that runs these tests
+ * (`deno test` covers Deno, `node --test` covers Node), with output, JSON and exit codes. None of
+ * these touch the firewall: they use --dry-run, or fail before it.
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+import { cliCommand, fixture, run, RUNTIME, shebangFlags, sipcheck, tempDir } from "./helpers.ts";
+
+const dir = tempDir();
+after(dir.remove);
+
+/** A file in the temp dir. */
+function file(name: string, content: string | Uint8Array): string {
+  const path = join(dir.path, name);
+  writeFileSync(path, content);
+  return path;
+}
+
+const REGISTER = (address: string) =>
+  `[2026-11-25 08:00:00.001] NOTICE[2210] chan_sip.c: Registration from '<sip:1@192.0.2.10>' ` +
+  `failed for '${address}:5060' - Wrong password\n`;
+
+/** Runs sipcheck with --json and returns the parsed report. */
+function report(args: string[], input?: string | Uint8Array) {
+  const ran = sipcheck(["--json", ...args], input);
+  assert.equal(ran.code, 0, ran.stderr);
+  return JSON.parse(ran.stdout);
+}
+
+/** No stack trace, ever: every error is one line starting with "sipcheck: ". */
+function assertCleanErrors(stderr: string): void {
+  for (const line of stderr.split("\n").filter(Boolean)) {
+    assert.match(line, /^sipcheck: /);
+  }
+  assert.doesNotMatch(stderr, /^\s+at /m);
+}
+
+describe(`sipcheck.ts under ${RUNTIME}`, () => {
+  test("--help and --version", () => {
+    const help = sipcheck(["--help"]);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /Usage:\n {2}sipcheck\.ts \[options\] \[LOG \.\.\.\]/);
+    assert.equal(help.stderr, "", "no warnings from the runtime either");
+    const version = sipcheck(["-V"]);
+    assert.match(version.stdout, /^sipcheck \d+\.\d+\.\d+\n$/);
+  });
+
+  test("the demo log, dry run: the offenders, then a summary", () => {
+    const ran = sipcheck(["-n", fixture("messages.log")]);
+    assert.equal(ran.code, 0);
+    assert.equal(ran.stderr, "");
+    assert.equal(
+      ran.stdout,
+      "would ban       203.0.113.50     420 failures\n" +
+        "would ban       2001:db8:bad::7  260 failures\n" +
+        "ignored         127.0.0.1        250 failures\n" +
+        "would ban       198.51.100.23    230 failures\n" +
+        "sipcheck: 1 file, 2330 lines, 1272 failures from 7 addresses (threshold 200, dry run): " +
+        "3 would ban, 1 ignored\n",
+    );
+  });
+
+  test("--json: one object, every address, highest count first", () => {
+    const json = report(["-n", fixture("messages.log")]);
+    assert.equal(json.files, 1);
+    assert.equal(json.lines, 2330);
+    assert.equal(json.failures, 1272);
+    assert.equal(json.threshold, 200);
+    assert.equal(json.dryRun, true);
+    assert.equal(json.addresses.length, 7);
+    const failures = json.addresses.map((a: { failures: number }) => a.failures);
+    assert.deepEqual(failures, [...failures].sort((a, b) => b - a));
+    assert.deepEqual(json.addresses.at(-1), {
+      ip: "203.0.113.99",
+      failures: 12,
+      action: "below-threshold",
+    });
+  });
+
+  test("-t and -i change the decisions; -q prints only the bans", () => {
+    const ran = sipcheck([
+      "-n",
+      "-q",
+      "-t",
+      "50",
+      "-i",
+      "203.0.113.0/24",
+      "--ignore",
+      "2001:db8:bad::/48",
+      fixture("messages.log"),
+    ]);
+    assert.equal(ran.code, 0);
+    assert.equal(ran.stdout, "would ban       198.51.100.23  230 failures\n");
+  });
+
+  test("several logs add up; - reads standard input", () => {
+    const log = file("two.log", REGISTER("203.0.113.7").repeat(150));
+    const json = report(["-n", log, "-", log], REGISTER("203.0.113.7").repeat(10));
+    assert.equal(json.files, 3);
+    assert.deepEqual(json.addresses, [{ ip: "203.0.113.7", failures: 310, action: "would-ban" }]);
+  });
+
+  test("a missing file or a directory: 66, one line each, the other logs still count", () => {
+    const log = file("good.log", REGISTER("203.0.113.8").repeat(200));
+    const missing = join(dir.path, "missing.log");
+    const ran = sipcheck(["-n", "--json", missing, dir.path, log]);
+    assert.equal(ran.code, 66);
+    assert.equal(
+      ran.stderr,
+      `sipcheck: cannot read "${missing}": no such file\n` +
+        `sipcheck: cannot read "${dir.path}": is a directory\n`,
+    );
+    const json = JSON.parse(ran.stdout);
+    assert.equal(json.files, 1);
+    assert.equal(json.errors.length, 2);
+    assert.deepEqual(json.addresses[0], { ip: "203.0.113.8", failures: 200, action: "would-ban" });
+  });
+
+  test("empty file, binary garbage and invalid UTF-8: scanned, nothing counted from them", () => {
+    const garbage = Buffer.alloc(1 << 20);
+    for (let i = 0; i < garbage.length; i++) garbage[i] = (i * 2654435761) >>> 24;
+    const invalid = Buffer.concat([
+      Buffer.from([0xc3, 0x28, 0xa0, 0xa1, 0xe2, 0x28, 0xa1, 0xf0, 0x90, 0x28, 0xbc, 0x0a]),
+      Buffer.from(REGISTER("203.0.113.9").replace("<sip:1@", "<sip:\u00e9\u00ff@"), "latin1"),
+    ]);
+    const json = report([
+      "-n",
+      file("empty.log", ""),
+      file("garbage.bin", garbage),
+      file("invalid.log", invalid),
+    ]);
+    assert.equal(json.files, 3);
+    assert.deepEqual(json.addresses, [{
+      ip: "203.0.113.9",
+      failures: 1,
+      action: "below-threshold",
+    }]);
+  });
+
+  test("CRLF line endings count the same as LF", () => {
+    const text = readFileSync(fixture("messages.log"), "latin1");
+    const lf = report(["-n", fixture("messages.log")]);
+    const crlf = report(["-n", file("crlf.log", text.replaceAll("\n", "\r\n"))]);
+    assert.deepEqual(crlf.addresses, lf.addresses);
+    assert.equal(crlf.lines, lf.lines);
+  });
+
+  test("a 100 MB line without a line feed is skipped, the lines around it count", () => {
+    const path = join(dir.path, "long.log");
+    const fd = openSync(path, "w");
+    writeSync(fd, REGISTER("203.0.113.10"));
+    const chunk = Buffer.alloc(1 << 20, "A");
+    for (let i = 0; i < 100; i++) writeSync(fd, chunk);
+    writeSync(fd, "\n" + REGISTER("203.0.113.11"));
+    closeSync(fd);
+    const json = report(["-n", path]);
+    assert.equal(json.lines, 3);
+    assert.equal(json.longLines, 1);
+    assert.deepEqual(json.addresses.map((a: { ip: string }) => a.ip), [
+      "203.0.113.10",
+      "203.0.113.11",
+    ]);
+  });
+
+  const usage: [string[], string][] = [
+    [["-n", "-t", "0"], 'sipcheck: --threshold must be a positive whole number, not "0"\n'],
+    [["-n", "--threshold=-1"], 'sipcheck: --threshold must be a positive whole number, not "-1"\n'],
+    [["-n", "-t", "abc"], 'sipcheck: --threshold must be a positive whole number, not "abc"\n'],
+    [
+      ["-n", "-i", "10.0.0.0/40"],
+      'sipcheck: --ignore takes an IP address or CIDR block, not "10.0.0.0/40"\n',
+    ],
+    [
+      ["-n", "-i", "not-an-ip"],
+      'sipcheck: --ignore takes an IP address or CIDR block, not "not-an-ip"\n',
+    ],
+  ];
+  for (const [args, stderr] of usage) {
+    test(`usage error: ${args.join(" ")} → 64`, () => {
+      const ran = sipcheck(args);
+      assert.equal(ran.code, 64);
+      assert.equal(ran.stdout, "");
+      assert.equal(ran.stderr, stderr);
+    });
+  }
+  test("usage errors from the option parser are one line too", () => {
+    for (const args of [["-t", "-1"], ["--bogus"], ["-t"], ["list", "extra"]]) {
+      const ran = sipcheck(args);
+      assert.equal(ran.code, 64, args.join(" "));
+      assert.equal(ran.stderr.split("\n").length, 2, ran.stderr);
+      assertCleanErrors(ran.stderr);
+    }
+  });
+});
+
+describe(
+  "the shebang's permission flags (Deno)",
+  { skip: RUNTIME !== "deno" && "Deno only" },
+  () => {
+    const flags = shebangFlags();
+    test("are narrow: no --allow-all, no blanket read, write, run or env", () => {
+      assert.ok(flags.includes("--no-prompt"));
+      for (const flag of flags) {
+        assert.match(flag, /^--(no-prompt|allow-(read|write|run|sys)=\S+)$/, flag);
+      }
+      assert.ok(flags.includes("--allow-read=/var/log/asterisk,/run/sipcheck.lock"));
+    });
+    test("are enough for help, a dry run of standard input, and a clear refusal elsewhere", () => {
+      const help = run(cliCommand(["--help"], flags));
+      assert.equal(help.code, 0);
+      const stdin = run(cliCommand(["-n", "--json", "-"], flags), REGISTER("203.0.113.12"));
+      assert.equal(stdin.code, 0, stdin.stderr);
+      assert.equal(JSON.parse(stdin.stdout).addresses[0].ip, "203.0.113.12");
+      const outside = run(cliCommand(["-n", fixture("messages.log")], flags));
+      assert.equal(outside.code, 66);
+      assert.equal(
+        outside.stderr,
+        `sipcheck: cannot read "${fixture("messages.log")}": not allowed by Deno's permissions ` +
+          "(add it to --allow-read)\n",
+      );
+    });
+    test("a bare name is looked up in /var/log/asterisk", () => {
+      const ran = run(cliCommand(["-n", "no-such-log-here"], flags));
+      assert.equal(ran.code, 66);
+      assert.match(
+        ran.stderr,
+        /cannot read "\/var\/log\/asterisk\/no-such-log-here": no such file/,
+      );
+    });
+  },
+);
+
+describe("file permissions", () => {
+  test("a directory that cannot be listed still gives one clean line", () => {
+    const sub = join(dir.path, "sub");
+    mkdirSync(sub);
+    const ran = sipcheck(["-n", join(sub, "x.log")]);
+    assert.equal(ran.code, 66);
+    assertCleanErrors(ran.stderr);
+  });
+});

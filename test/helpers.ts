@@ -1,0 +1,124 @@
+/**
+ * Shared test helpers: where things are, how to run the CLI under the runtime that runs the
+ * tests, and how to run commands in a private network namespace. No side effects on import
+ * (plain `node --test` executes every .ts file under test/).
+ *
+ * @module
+ */
+
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+
+/** The repository root. */
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+/** The program under test. */
+export const SIPCHECK = join(ROOT, "sipcheck.ts");
+/** A fixture's path. */
+export function fixture(name: string): string {
+  return join(ROOT, "fixtures", name);
+}
+
+/** The Deno global, when the tests run under Deno. */
+const deno = (globalThis as { Deno?: typeof Deno }).Deno;
+/** Which runtime runs the tests (and so the CLI under test). */
+export const RUNTIME: "deno" | "node" = deno ? "deno" : "node";
+
+/** The permission flags of sipcheck.ts's shebang line, read from the file itself. */
+export function shebangFlags(): string[] {
+  const first = readFileSync(SIPCHECK, "utf8").split("\n")[0];
+  const words = first.split(/ +/);
+  return words.slice(words.indexOf("run") + 1);
+}
+
+/** argv that runs sipcheck.ts under the current runtime. Deno gets `flags` (default: read any
+ * file, plus the shebang's other permissions). */
+export function cliCommand(args: readonly string[], flags?: readonly string[]): string[] {
+  if (deno) {
+    const granted = flags ??
+      ["--no-prompt", "--allow-read", "--allow-sys=uid,networkInterfaces", "--allow-write=/run"];
+    return [deno.execPath(), "run", ...granted, SIPCHECK, ...args];
+  }
+  return [process.execPath, SIPCHECK, ...args];
+}
+
+/** The result of a finished process. */
+export interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion (never through a shell). */
+export function run(argv: readonly string[], input?: string | Uint8Array): Ran {
+  const result = spawnSync(argv[0], argv.slice(1), {
+    input,
+    encoding: "utf8",
+    maxBuffer: 512 << 20,
+  });
+  if (result.error) throw result.error;
+  return { code: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
+}
+
+/** Runs sipcheck.ts with `args` under the current runtime. */
+export function sipcheck(args: readonly string[], input?: string | Uint8Array): Ran {
+  return run(cliCommand(args), input);
+}
+
+/** A fresh temporary directory, removed by the returned function. */
+export function tempDir(): { path: string; remove: () => void } {
+  const path = mkdtempSync(join(tmpdir(), "sipcheck-test-"));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** True when running as root. */
+export function isRoot(): boolean {
+  return process.getuid?.() === 0;
+}
+
+/** Why the firewall tests cannot run here, or null when they can (root, unshare, iptables). */
+export function firewallSkipReason(): string | null {
+  if (!isRoot()) {
+    return "needs root: firewall tests run real iptables in a private network namespace";
+  }
+  for (const binary of ["/usr/bin/unshare", "/usr/sbin/iptables", "/usr/sbin/ip6tables"]) {
+    try {
+      readFileSync(binary);
+    } catch {
+      return `needs ${binary} (apt-get install iptables util-linux)`;
+    }
+  }
+  return null;
+}
+
+/** Quotes a word for sh. */
+export function shellQuote(word: string): string {
+  return `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * Runs a shell script in a private network namespace with its own /run (so sipcheck's lock file
+ * is private too): the host's firewall is never touched. The shell function `sipcheck` in the
+ * script runs the CLI under the current runtime (with every permission it needs).
+ */
+export function inNamespace(script: string): Ran {
+  const flags = [
+    "--no-prompt",
+    "--allow-read",
+    "--allow-write=/run",
+    "--allow-run",
+    "--allow-sys=uid,networkInterfaces",
+  ];
+  const command = cliCommand([], flags).map(shellQuote).join(" ");
+  return run([
+    "/usr/bin/unshare",
+    "--net",
+    "--mount",
+    "/bin/sh",
+    "-c",
+    `mount -t tmpfs tmpfs /run || exit 99\nsipcheck() { ${command} "$@"; }\n${script}`,
+  ]);
+}

@@ -1,0 +1,435 @@
+/**
+ * `main` in-process with fake edges: options, decisions, reports, exit codes, the lock, and the
+ * firewall flow against a small fake of iptables (the real one is in firewall.test.ts).
+ */
+import assert from "node:assert/strict";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import process from "node:process";
+import { describe, test } from "node:test";
+import {
+  CHAIN,
+  type Cidr,
+  decide,
+  defaultLog,
+  type Deps,
+  EXIT,
+  formatReport,
+  jsonReport,
+  main,
+  newTally,
+  parseCidr,
+  parseOptions,
+  resolveLog,
+  type RunResult,
+  scanString,
+  SipcheckError,
+  THRESHOLD,
+} from "../sipcheck.ts";
+import { fixture, tempDir } from "./helpers.ts";
+
+/** A fake iptables/ip6tables that understands what sipcheck sends, with failures on demand. */
+class FakeFirewall {
+  chains = {
+    4: new Map<string, string[]>([["INPUT", []]]),
+    6: new Map<string, string[]>([["INPUT", []]]),
+  };
+  calls: string[] = [];
+  failRestore: { 4: boolean; 6: boolean } = { 4: false, 6: false };
+  missing = false;
+
+  run = (binary: string, args: readonly string[], input?: string): Promise<RunResult> => {
+    this.calls.push([binary, ...args].join(" ") + (input ? "\n" + input : ""));
+    if (this.missing) {
+      return Promise.reject(Object.assign(new Error("spawn ENOENT"), { code: "ENOENT" }));
+    }
+    const version = binary.includes("ip6tables") ? 6 : 4;
+    const chains = this.chains[version];
+    if (binary.endsWith("/bin/kill")) return Promise.resolve({ code: 1, stdout: "", stderr: "" });
+    if (binary.endsWith("-restore")) {
+      if (this.failRestore[version]) {
+        return Promise.resolve({
+          code: 2,
+          stdout: "",
+          stderr: "iptables-restore: line 3 failed\n",
+        });
+      }
+      for (const line of (input ?? "").split("\n")) {
+        const words = line.split(" ");
+        if (line.startsWith(":")) chains.set(line.slice(1).split(" ")[0], []);
+        else if (words[0] === "-A") chains.get(words[1])!.push(line);
+        else if (words[0] === "-I") {
+          chains.get(words[1])!.unshift(`-A ${words[1]} ${words.slice(3).join(" ")}`);
+        } else if (words[0] === "-D") {
+          const rules = chains.get(words[1])!;
+          rules.splice(rules.indexOf(line.replace("-D ", "-A ")), 1);
+        } else if (words[0] === "-F") chains.set(words[1], []);
+        else if (words[0] === "-X") chains.delete(words[1]);
+      }
+      return Promise.resolve({ code: 0, stdout: "", stderr: "" });
+    }
+    const listing = [
+      "-P INPUT ACCEPT",
+      ...[...chains.keys()].filter((c) => c !== "INPUT").map((c) => `-N ${c}`),
+    ];
+    for (const rules of chains.values()) listing.push(...rules);
+    return Promise.resolve({ code: 0, stdout: listing.join("\n") + "\n", stderr: "" });
+  };
+
+  bans(version: 4 | 6): string[] {
+    return (this.chains[version].get(CHAIN) ?? []).map((rule) => rule.split(" ")[3]);
+  }
+}
+
+/** Deps for main: captured output, a fake firewall, root, a lock file in a temp dir. */
+function harness(overrides: Partial<Deps> = {}) {
+  const dir = tempDir();
+  const out: string[] = [];
+  const err: string[] = [];
+  const firewall = new FakeFirewall();
+  const deps: Partial<Deps> = {
+    stdout: (text) => void out.push(text),
+    stderr: (text) => void err.push(text),
+    run: firewall.run,
+    uid: () => 0,
+    lockPath: join(dir.path, "sipcheck.lock"),
+    hostAddresses: () => ["192.0.2.10", "fe80::1"],
+    ...overrides,
+  };
+  return {
+    deps,
+    firewall,
+    dir: dir.path,
+    stdout: () => out.join(""),
+    stderr: () => err.join(""),
+    done: dir.remove,
+  };
+}
+
+const REGISTER = (address: string) =>
+  `[2026-11-25 08:00:00.001] NOTICE[2210] chan_sip.c: Registration from '<sip:1@192.0.2.10>' ` +
+  `failed for '${address}' - Wrong password\n`;
+
+/** Writes a log with `n` failures for each address. */
+function writeLog(dir: string, failures: Record<string, number>): string {
+  const path = join(dir, "messages");
+  writeFileSync(
+    path,
+    Object.entries(failures).map(([address, n]) => REGISTER(address).repeat(n)).join(""),
+  );
+  return path;
+}
+
+describe("parseOptions", () => {
+  test("defaults", () => {
+    const options = parseOptions([]);
+    assert.equal(options.command, "scan");
+    assert.equal(options.threshold, THRESHOLD);
+    assert.deepEqual(options.logs, []);
+    assert.equal(options.dryRun, false);
+  });
+  test("commands, logs and every option", () => {
+    assert.equal(parseOptions(["clear"]).command, "clear");
+    assert.equal(parseOptions(["--json", "list"]).command, "list");
+    const options = parseOptions([
+      "-n",
+      "-t",
+      "5",
+      "-i",
+      "203.0.113.0/24",
+      "--ignore=::1",
+      "-q",
+      "a",
+      "-",
+    ]);
+    assert.equal(options.dryRun, true);
+    assert.equal(options.threshold, 5);
+    assert.equal(options.ignore.length, 2);
+    assert.equal(options.quiet, true);
+    assert.deepEqual(options.logs, ["a", "-"]);
+  });
+  const bad: [string[], RegExp][] = [
+    [["-t", "0"], /positive whole number, not "0"/],
+    [["-t", "-1"], /argument is ambiguous/],
+    [["--threshold=-1"], /positive whole number, not "-1"/],
+    [["-t", "abc"], /not "abc"/],
+    [["-t", "1.5"], /not "1.5"/],
+    [["-t", "99999999999999999999"], /positive whole number/],
+    [["-t"], /argument missing/],
+    [["-i", "203.0.113.0/33"], /--ignore takes an IP address or CIDR block, not "203.0.113.0\/33"/],
+    [["-i", "pbx.example"], /not "pbx.example"/],
+    [["--bogus"], /Unknown option '--bogus'/],
+    [["clear", "messages"], /"clear" takes no log names/],
+  ];
+  for (const [argv, message] of bad) {
+    test(`rejects ${argv.join(" ")}`, () => {
+      assert.throws(() => parseOptions(argv), (error: unknown) => {
+        assert.ok(error instanceof SipcheckError);
+        assert.equal(error.code, EXIT.usage);
+        assert.match(error.message, message);
+        assert.ok(!error.message.includes("\n"), "one line");
+        return true;
+      });
+    });
+  }
+});
+
+describe("where logs are read", () => {
+  const exists = (present: string[]) => (path: string) => present.includes(path);
+  test("default: messages, or messages.log when only that exists", () => {
+    assert.equal(defaultLog(exists([])), "/var/log/asterisk/messages");
+    assert.equal(defaultLog(exists(["/var/log/asterisk/messages"])), "/var/log/asterisk/messages");
+    assert.equal(
+      defaultLog(exists(["/var/log/asterisk/messages.log"])),
+      "/var/log/asterisk/messages.log",
+    );
+    assert.equal(
+      defaultLog(exists(["/var/log/asterisk/messages", "/var/log/asterisk/messages.log"])),
+      "/var/log/asterisk/messages",
+    );
+  });
+  test("a bare name is looked up in the log directory unless it exists here", () => {
+    assert.equal(resolveLog("messages", exists([])), "/var/log/asterisk/messages");
+    assert.equal(resolveLog("messages", exists(["messages"])), "messages");
+    assert.equal(resolveLog("./messages", exists([])), "./messages");
+    assert.equal(resolveLog("/tmp/x", exists([])), "/tmp/x");
+    assert.equal(resolveLog("-", exists([])), "-");
+  });
+});
+
+describe("decide", () => {
+  const counts = new Map([["203.0.113.1", 500], ["203.0.113.2", 200], ["203.0.113.3", 199], [
+    "127.0.0.1",
+    900,
+  ], ["2001:db8::5", 300]]);
+  const ignore = [parseCidr("127.0.0.0/8")!] as Cidr[];
+  test("at or over the threshold, highest first, each with its action", () => {
+    const decisions = decide(counts, {
+      threshold: 200,
+      ignore,
+      banned: new Set(["2001:db8::5"]),
+      dryRun: false,
+    });
+    assert.deepEqual(decisions, [
+      { ip: "127.0.0.1", failures: 900, action: "ignored" },
+      { ip: "203.0.113.1", failures: 500, action: "banned" },
+      { ip: "2001:db8::5", failures: 300, action: "already-banned" },
+      { ip: "203.0.113.2", failures: 200, action: "banned" },
+    ]);
+  });
+  test("a dry run would ban", () => {
+    const decisions = decide(counts, {
+      threshold: 300,
+      ignore: [],
+      banned: new Set(),
+      dryRun: true,
+    });
+    assert.deepEqual(decisions.map((d) => d.action), ["would-ban", "would-ban", "would-ban"]);
+  });
+});
+
+describe("reports", () => {
+  const tally = scanString(
+    REGISTER("203.0.113.1").repeat(3) + REGISTER("203.0.113.2") +
+      REGISTER("[2001:db8::1]:5060").repeat(3),
+  );
+  const summary = { files: 1, threshold: 3, dryRun: true, errors: [] };
+  const decisions = decide(tally.counts, {
+    threshold: 3,
+    ignore: [],
+    banned: new Set(),
+    dryRun: true,
+  });
+  test("human: one line per address at the threshold, then a summary", () => {
+    const text = formatReport(decisions, tally, summary, false);
+    assert.equal(
+      text,
+      "would ban       203.0.113.1  3 failures\n" +
+        "would ban       2001:db8::1  3 failures\n" +
+        "sipcheck: 1 file, 7 lines, 7 failures from 3 addresses (threshold 3, dry run): 2 would ban\n",
+    );
+  });
+  test("quiet: only the bans", () => {
+    assert.equal(formatReport([], tally, summary, true), "");
+    assert.equal(formatReport(decisions, tally, summary, true).split("\n").length, 3);
+  });
+  test("JSON: totals and every address, highest first", () => {
+    const report = JSON.parse([...jsonReport(decisions, tally, summary)].join(""));
+    assert.equal(report.lines, 7);
+    assert.equal(report.failures, 7);
+    assert.equal(report.threshold, 3);
+    assert.equal(report.dryRun, true);
+    assert.deepEqual(report.addresses, [
+      { ip: "203.0.113.1", failures: 3, action: "would-ban" },
+      { ip: "2001:db8::1", failures: 3, action: "would-ban" },
+      { ip: "203.0.113.2", failures: 1, action: "below-threshold" },
+    ]);
+  });
+  test("JSON with no failures is still one object", () => {
+    const report = JSON.parse([...jsonReport([], newTally(), summary)].join(""));
+    assert.deepEqual(report.addresses, []);
+  });
+});
+
+describe("main", () => {
+  test("--help and --version print and exit 0", async () => {
+    const h = harness();
+    assert.equal(await main(["--help"], h.deps), 0);
+    assert.match(h.stdout(), /^sipcheck \d+\.\d+\.\d+: ban addresses/);
+    assert.match(h.stdout(), /Exit codes: 0 done, 64 usage error/);
+    const v = harness();
+    assert.equal(await main(["-V"], v.deps), 0);
+    assert.match(v.stdout(), /^sipcheck \d+\.\d+\.\d+\n$/);
+    h.done();
+    v.done();
+  });
+  test("usage errors exit 64 with one line and touch nothing", async () => {
+    const h = harness();
+    assert.equal(await main(["-t", "0"], h.deps), EXIT.usage);
+    assert.equal(h.stderr(), 'sipcheck: --threshold must be a positive whole number, not "0"\n');
+    assert.deepEqual(h.firewall.calls, []);
+    h.done();
+  });
+  test("changing the firewall needs root: 77, with a pointer to --dry-run", async () => {
+    const h = harness({ uid: () => 1000 });
+    assert.equal(
+      await main([writeLog(tempDir().path, { "203.0.113.1": 300 })], h.deps),
+      EXIT.noPermission,
+    );
+    assert.match(h.stderr(), /^sipcheck: changing the firewall needs root; use --dry-run \(-n\)/);
+    assert.equal(await main(["clear"], h.deps), EXIT.noPermission);
+    assert.equal(await main(["list"], h.deps), EXIT.noPermission);
+    assert.deepEqual(h.firewall.calls, []);
+    h.done();
+  });
+  test("a dry run needs neither root nor the firewall", async () => {
+    const h = harness({ uid: () => 1000 });
+    const log = writeLog(h.dir, { "203.0.113.1": 300, "203.0.113.2": 5 });
+    assert.equal(await main(["-n", log], h.deps), 0);
+    assert.match(h.stdout(), /^would ban +203\.0\.113\.1 +300 failures\n/);
+    assert.deepEqual(h.firewall.calls, []);
+    h.done();
+  });
+  test("bans what is new, in one batch per family; a rerun adds nothing", async () => {
+    const h = harness();
+    const log = writeLog(h.dir, {
+      "203.0.113.1": 300,
+      "[2001:db8::1]:5060": 250,
+      "203.0.113.2": 3,
+      "192.0.2.10": 999,
+    });
+    assert.equal(await main([log], h.deps), 0);
+    assert.deepEqual(h.firewall.bans(4), ["203.0.113.1/32"]);
+    assert.deepEqual(h.firewall.bans(6), ["2001:db8::1/128"]);
+    assert.equal(h.firewall.calls.filter((c) => c.includes("-restore")).length, 2);
+    assert.match(h.stdout(), /ignored +192\.0\.2\.10 +999 failures/, "the host's own address");
+    assert.match(h.stdout(), /banned +203\.0\.113\.1/);
+    assert.ok(!existsSync(h.deps.lockPath!), "lock released");
+    h.firewall.calls = [];
+    assert.equal(await main([log, "--json"], h.deps), 0);
+    assert.equal(h.firewall.calls.filter((c) => c.includes("-restore")).length, 0);
+    const report = JSON.parse(h.stdout().slice(h.stdout().indexOf("{")));
+    assert.deepEqual(
+      report.addresses.map((a: { action: string }) => a.action),
+      ["ignored", "already-banned", "already-banned", "below-threshold"],
+    );
+    h.done();
+  });
+  test("a failed batch is undone in the other family: 69, nothing banned", async () => {
+    const h = harness();
+    h.firewall.failRestore[6] = true;
+    const log = writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 });
+    assert.equal(await main([log], h.deps), EXIT.unavailable);
+    assert.deepEqual(h.firewall.bans(4), []);
+    assert.equal(h.firewall.chains[4].has(CHAIN), false, "the chain it created is gone again");
+    assert.deepEqual(h.firewall.chains[4].get("INPUT"), []);
+    assert.match(
+      h.stderr(),
+      /ip6tables-restore -w --noflush failed: iptables-restore: line 3 failed; nothing was banned\n$/,
+    );
+    assert.match(h.stdout(), /would ban +203\.0\.113\.1/);
+    h.done();
+  });
+  test("a missing iptables is 69 with an install hint", async () => {
+    const h = harness();
+    h.firewall.missing = true;
+    assert.equal(await main([writeLog(h.dir, { "203.0.113.1": 300 })], h.deps), EXIT.unavailable);
+    assert.match(
+      h.stderr(),
+      /\/usr\/sbin\/iptables not found: install iptables \(apt-get install iptables\)/,
+    );
+    h.done();
+  });
+  test("an unreadable log is 66; the others are still scanned and acted on", async () => {
+    const h = harness();
+    const log = writeLog(h.dir, { "203.0.113.1": 300 });
+    assert.equal(await main([join(h.dir, "nope"), h.dir, log], h.deps), EXIT.noInput);
+    assert.equal(
+      h.stderr(),
+      `sipcheck: cannot read "${join(h.dir, "nope")}": no such file\n` +
+        `sipcheck: cannot read "${h.dir}": is a directory\n`,
+    );
+    assert.deepEqual(h.firewall.bans(4), ["203.0.113.1/32"]);
+    h.done();
+  });
+  test("another run holding the lock: 75; a stale lock is taken over", async () => {
+    const h = harness();
+    const log = writeLog(h.dir, { "203.0.113.1": 300 });
+    writeFileSync(h.deps.lockPath!, `${process.ppid} scan\n`);
+    const alive = harness({
+      lockPath: h.deps.lockPath,
+      run: async (binary, args, input) =>
+        binary.endsWith("/kill")
+          ? { code: 0, stdout: "", stderr: "" }
+          : await h.firewall.run(binary, args, input),
+    });
+    assert.equal(await main([log], alive.deps), EXIT.tempFail);
+    assert.match(
+      alive.stderr(),
+      new RegExp(`another sipcheck run holds the lock \\(pid ${process.ppid}`),
+    );
+    writeFileSync(h.deps.lockPath!, `${process.ppid} watch\n`);
+    const watcher = harness({ lockPath: h.deps.lockPath, run: alive.deps.run });
+    assert.equal(await main(["clear"], watcher.deps), EXIT.tempFail);
+    assert.match(watcher.stderr(), /a sipcheck watcher is active/);
+    assert.equal(readFileSync(h.deps.lockPath!, "utf8"), `${process.ppid} watch\n`, "left alone");
+    writeFileSync(h.deps.lockPath!, "999999999 scan\n");
+    assert.equal(await main([log], h.deps), 0, "the fake kill says the pid is gone");
+    assert.ok(!existsSync(h.deps.lockPath!));
+    h.done();
+  });
+  test("list and clear", async () => {
+    const h = harness();
+    await main([writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 })], h.deps);
+    const list = harness({ run: h.firewall.run });
+    assert.equal(await main(["list"], list.deps), 0);
+    assert.equal(list.stdout(), "203.0.113.1\n2001:db8::1\n");
+    const json = harness({ run: h.firewall.run });
+    assert.equal(await main(["list", "--json"], json.deps), 0);
+    assert.deepEqual(JSON.parse(json.stdout()), ["203.0.113.1", "2001:db8::1"]);
+    const clear = harness({ run: h.firewall.run });
+    assert.equal(await main(["clear"], clear.deps), 0);
+    assert.match(
+      clear.stdout(),
+      /removed the sipcheck chain and its jump rules from iptables \(1 ban\) and ip6tables \(1 ban\)/,
+    );
+    assert.equal(h.firewall.chains[4].has(CHAIN), false);
+    const again = harness({ run: h.firewall.run });
+    assert.equal(await main(["clear"], again.deps), 0);
+    assert.equal(again.stdout(), "sipcheck: nothing to clear\n");
+    for (const x of [h, list, json, clear, again]) x.done();
+  });
+  test("reads standard input with -", async () => {
+    const text = readFileSync(fixture("messages.log"));
+    const h = harness({
+      stdin: async function* () {
+        for (let i = 0; i < text.length; i += 1000) yield text.subarray(i, i + 1000);
+      },
+    });
+    assert.equal(await main(["-n", "--json", "-"], h.deps), 0);
+    const report = JSON.parse(h.stdout());
+    assert.equal(report.files, 1);
+    assert.equal(report.addresses[0].ip, "203.0.113.50");
+    h.done();
+  });
+});

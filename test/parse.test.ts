@@ -1,0 +1,212 @@
+/**
+ * Reading one line: every family, prefix form and injection case, table-driven from the
+ * annotated fixtures and the shared corpus; addresses and address blocks.
+ */
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { describe, test } from "node:test";
+import {
+  canonicalIPv6,
+  isInAny,
+  normaliseAddress,
+  parseCidr,
+  parseLine,
+  scanString,
+} from "../sipcheck.ts";
+import { fixture } from "./helpers.ts";
+
+/** One annotated case: the log line and what must be counted for it. */
+interface Case {
+  source: string;
+  line: number;
+  text: string;
+  address: string | null;
+  family: string;
+  /** Failures the line counts for when scanned (PJSIP `after N tries` lines stand for more). */
+  counts: number;
+  note: string;
+}
+
+/** Reads `# expect: ADDRESS FAMILY [counts N] [-- note]` (ours) or `# EXPECT ADDRESS family`
+ * (the corpus). */
+function readCases(name: string): Case[] {
+  const lines = readFileSync(fixture(name), "latin1").split("\n");
+  const cases: Case[] = [];
+  lines.forEach((line, i) => {
+    const match = /^# (?:expect:|EXPECT) (\S+) (\S+)(?: counts (\d+))?(?: -- (.*))?$/.exec(line);
+    if (!match || match[1] === "<address|none>") return;
+    cases.push({
+      source: name,
+      line: i + 2,
+      text: lines[i + 1],
+      address: match[1] === "none" ? null : match[1],
+      family: match[2],
+      counts: Number(match[3] ?? 1),
+      note: match[4] ?? "",
+    });
+  });
+  return cases;
+}
+
+const ours = readCases("families.log");
+const corpus = readCases("corpus/asterisk-lines.txt");
+
+/** The counts that scanning all the cases as one log must give. */
+function expectedCounts(cases: Case[]): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const c of cases) {
+    if (c.address) counts.set(c.address, (counts.get(c.address) ?? 0) + c.counts);
+  }
+  return counts;
+}
+
+describe("families.log: one case per line", () => {
+  test("has cases for every family", () => {
+    const families = new Set(ours.filter((c) => c.address).map((c) => c.family));
+    for (
+      const family of [
+        "sip-register",
+        "sip-call",
+        "pjsip-request",
+        "pjsip-call",
+        "iax2-auth",
+        "iax2-noreg",
+        "iax2-rejected",
+        "ami-auth",
+        "security-event",
+        "dialplan-unknown-sip",
+      ]
+    ) assert.ok(families.has(family), `no counted case for ${family}`);
+  });
+  for (const c of ours) {
+    test(`line ${c.line}: ${c.address ?? "none"} ${c.family}${c.note ? ` (${c.note})` : ""}`, () => {
+      const result = parseLine(c.text);
+      assert.equal(result?.address ?? null, c.address);
+      if (c.family === "-") assert.equal(result, null, "a line of no family");
+      else if (c.address) assert.equal(result?.family, c.family);
+    });
+  }
+  test("scanning the whole file counts exactly the expected addresses", () => {
+    const tally = scanString(readFileSync(fixture("families.log"), "latin1"));
+    assert.deepEqual(new Map([...tally.counts].sort()), new Map([...expectedCounts(ours)].sort()));
+    assert.equal(tally.openHeads, 0);
+  });
+});
+
+describe("shared corpus (asterisk-lines.txt)", () => {
+  assert.ok(corpus.length >= 60, "the corpus was read");
+  for (const c of corpus) {
+    test(`line ${c.line}: ${c.address ?? "none"} ${c.family}`, () => {
+      assert.equal(parseLine(c.text)?.address ?? null, c.address);
+      // The hot path's prefilter must not drop a line parseLine counts.
+      const tally = scanString(c.text + "\n");
+      assert.deepEqual([...tally.counts.keys()], c.address ? [c.address] : []);
+    });
+  }
+});
+
+describe("line endings and bytes", () => {
+  const line = ours.find((c) => c.family === "sip-register" && c.address)!;
+  test("a CR before the LF is not part of the line", () => {
+    assert.equal(parseLine(line.text + "\r")?.address, line.address);
+  });
+  test("a CR elsewhere is kept (split on LF only)", () => {
+    const cut = line.text.replace("Registration", "Regis\rtration");
+    assert.equal(parseLine(cut), null);
+  });
+  test("other Unicode line breaks do not split a line", () => {
+    const text = line.text.replace("<sip:", "<\u2028\u0085sip:");
+    assert.equal(parseLine(text)?.address, line.address);
+  });
+});
+
+describe("normaliseAddress", () => {
+  const table: [string, "bare" | "sockaddr" | "srcname", string | null][] = [
+    ["203.0.113.5", "bare", "203.0.113.5"],
+    ["203.0.113.5", "sockaddr", "203.0.113.5"],
+    ["203.0.113.5", "srcname", null],
+    ["203.0.113.5:5060", "sockaddr", "203.0.113.5"],
+    ["203.0.113.5:5060", "srcname", "203.0.113.5"],
+    ["203.0.113.5:5060", "bare", null],
+    ["203.0.113.5:", "sockaddr", null],
+    ["203.0.113.5:123456", "sockaddr", null],
+    ["203.0.113.5:50a0", "sockaddr", null],
+    ["[2001:db8::1]:5060", "sockaddr", "2001:db8::1"],
+    ["[2001:db8::1]:5060", "srcname", "2001:db8::1"],
+    ["[2001:db8::1]:5060", "bare", null],
+    ["[2001:db8::1]", "sockaddr", null],
+    ["2001:db8::1", "bare", "2001:db8::1"],
+    ["2001:db8::1", "sockaddr", null],
+    ["2001:db8::61:5060", "srcname", "2001:db8::61"],
+    ["2001:DB8:0:0:0:0:0:1", "bare", "2001:db8::1"],
+    ["2001:0db8:0000:0000:0001:0000:0000:0001", "bare", "2001:db8::1:0:0:1"],
+    ["2001:db8:0:1:0:0:0:1", "bare", "2001:db8:0:1::1"],
+    ["2001:db8:1:1:1:1:0:1", "bare", "2001:db8:1:1:1:1:0:1"],
+    ["::1", "bare", "::1"],
+    ["::", "bare", "::"],
+    ["::ffff:203.0.113.9", "bare", "203.0.113.9"],
+    ["::FFFF:cb00:7109", "bare", "203.0.113.9"],
+    ["[::ffff:203.0.113.9]:5060", "sockaddr", "203.0.113.9"],
+    ["::ffff:203.0.113.9:5060", "srcname", "203.0.113.9"],
+    ["fe80::1%eth0", "bare", "fe80::1"],
+    ["(null)", "sockaddr", null],
+    ["pbx.example.com", "bare", null],
+    ["pbx.example.com:5060", "sockaddr", null],
+    ["203.0.113.256", "bare", null],
+    ["203.0.113", "bare", null],
+    ["01.2.3.4", "bare", null],
+    ["", "bare", null],
+    ["2001:db8::g", "bare", null],
+  ];
+  for (const [text, form, expected] of table) {
+    test(`${JSON.stringify(text)} as ${form} → ${expected}`, () => {
+      assert.equal(normaliseAddress(text, form), expected);
+    });
+  }
+  test("canonicalIPv6 compresses the first of equal zero runs", () => {
+    assert.equal(canonicalIPv6("2001:db8:0:0:1:0:0:1"), "2001:db8::1:0:0:1");
+    assert.equal(canonicalIPv6("0:0:0:0:0:0:0:0"), "::");
+    assert.equal(canonicalIPv6("1:0:0:0:0:0:0:0"), "1::");
+  });
+});
+
+describe("parseCidr and isInAny", () => {
+  test("addresses and blocks", () => {
+    const blocks = [
+      "127.0.0.0/8",
+      "::1",
+      "203.0.113.0/25",
+      "2001:db8:a::/48",
+      "::ffff:198.51.100.0/120",
+    ]
+      .map((text) => parseCidr(text)!);
+    assert.ok(blocks.every(Boolean));
+    assert.ok(isInAny("127.1.2.3", blocks));
+    assert.ok(isInAny("::1", blocks));
+    assert.ok(isInAny("203.0.113.127", blocks));
+    assert.ok(!isInAny("203.0.113.128", blocks));
+    assert.ok(isInAny("2001:db8:a:ffff::1", blocks));
+    assert.ok(!isInAny("2001:db8:b::1", blocks));
+    assert.ok(isInAny("198.51.100.200", blocks), "a mapped block is an IPv4 block");
+    assert.ok(!isInAny("198.51.101.1", blocks));
+  });
+  test("/0 matches everything of its family only", () => {
+    const all4 = [parseCidr("0.0.0.0/0")!];
+    assert.ok(isInAny("203.0.113.1", all4));
+    assert.ok(!isInAny("2001:db8::1", all4));
+  });
+  for (
+    const bad of [
+      "",
+      "1.2.3.4/33",
+      "2001:db8::/129",
+      "1.2.3.4/",
+      "1.2.3.4/x",
+      "host",
+      "1.2.3.4/-1",
+      "::ffff:1.2.3.4/64",
+    ]
+  ) {
+    test(`rejects ${JSON.stringify(bad)}`, () => assert.equal(parseCidr(bad), null));
+  }
+});

@@ -1,0 +1,186 @@
+/**
+ * Counting a whole log: PJSIP tries, open heads and forged continuations, long lines, chunk
+ * boundaries, odd bytes, and the demo log's annotated totals.
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { readFileSync } from "node:fs";
+import { describe, test } from "node:test";
+import {
+  addFailure,
+  createScanner,
+  MAX_LINE,
+  newTally,
+  OPEN_HEAD_WINDOW,
+  scanString,
+  type Tally,
+  TRIES_STEP_MAX,
+} from "../sipcheck.ts";
+import process from "node:process";
+import { fixture } from "./helpers.ts";
+
+/** `# expect-total: ADDRESS N` and `# expect-NAME: N` lines of a fixture. */
+function expectations(text: string): { totals: Map<string, number>; values: Map<string, number> } {
+  const totals = new Map<string, number>();
+  const values = new Map<string, number>();
+  for (const match of text.matchAll(/^# expect-total: (\S+) (\d+)$/gm)) {
+    totals.set(match[1], Number(match[2]));
+  }
+  for (const match of text.matchAll(/^# expect-([a-z-]+): (\d+)$/gm)) {
+    values.set(match[1], Number(match[2]));
+  }
+  return { totals, values };
+}
+
+const sorted = (map: ReadonlyMap<string, number>) => new Map([...map].sort());
+
+const REGISTER = (address: string, reason = "Wrong password") =>
+  `[2026-11-25 08:00:00.001] NOTICE[2210] chan_sip.c: Registration from '<sip:1@192.0.2.10>' ` +
+  `failed for '${address}:5060' - ${reason}\n`;
+const TRIES = (address: string, n: number) =>
+  `[2026-11-25 08:10:00.001] NOTICE[2210] res_pjsip/pjsip_distributor.c: Request 'REGISTER' from ` +
+  `'<sip:1@192.0.2.10>' failed for '${address}:5060' (callid: c${n}) - No matching endpoint ` +
+  `found after ${n} tries in 0.0${n} ms\n`;
+const BENIGN =
+  '[2026-11-25 08:04:00.000] VERBOSE[2290] pbx.c: Executing [s@macro-dial:1] Set("PJSIP/1-1", "X=1") in new stack\n';
+
+describe("PJSIP after N tries", () => {
+  const count = (...ns: number[]) =>
+    scanString(ns.map((n) => TRIES("203.0.113.60", n)).join("")).counts.get("203.0.113.60");
+  test("a run 5, 6, 7 … k adds up to k requests", () => {
+    assert.equal(count(5, 6, 7, 8, 9, 10), 10);
+  });
+  test("a new window (N not above the last) starts over", () => {
+    assert.equal(count(5, 6, 7, 5, 6), 7 + 6);
+  });
+  test("a gap counts the requests in between", () => {
+    assert.equal(count(5, 6, 9), 9);
+  });
+  test(`one line adds at most ${TRIES_STEP_MAX}, so a forged count cannot ban at once`, () => {
+    assert.equal(count(100000), TRIES_STEP_MAX);
+    assert.equal(count(5, 100000), 5 + TRIES_STEP_MAX);
+  });
+  test("plain failure lines add one each, beside a run", () => {
+    const log = TRIES("203.0.113.60", 5) + REGISTER("203.0.113.60") + TRIES("203.0.113.60", 6);
+    assert.equal(scanString(log).counts.get("203.0.113.60"), 7);
+  });
+  test("addFailure keeps the tally's total", () => {
+    const tally = newTally();
+    addFailure(tally, "203.0.113.1");
+    addFailure(tally, "203.0.113.1", 5);
+    addFailure(tally, "203.0.113.2", 7);
+    assert.equal(tally.failures, 1 + 5 + 5);
+    assert.equal(tally.counts.get("203.0.113.1"), 6);
+  });
+});
+
+describe("open heads (records cut by a caller's line feed)", () => {
+  const text = readFileSync(fixture("open-heads.log"), "latin1");
+  const { totals, values } = expectations(text);
+  test("open-heads.log counts exactly its annotated totals", () => {
+    const tally = scanString(text);
+    assert.deepEqual(sorted(tally.counts), sorted(totals));
+    assert.equal(tally.openHeads, values.get("open-heads"));
+    assert.equal(tally.suppressed, values.get("suppressed"));
+  });
+  const head =
+    "[2026-11-25 08:03:30] NOTICE[2290] chan_sip.c: Call from '' (203.0.113.180:5060) to extension '00\n";
+  const forged = REGISTER("198.51.100.66");
+  test("the window ends 8 KB after the head: a line starting after it counts", () => {
+    // Pad so that the forged line starts exactly at the end of the window, then one byte earlier.
+    const gap = OPEN_HEAD_WINDOW;
+    const padding = (n: number) => "x".repeat(n - 1) + "\n";
+    const at = scanString(head + padding(gap) + forged);
+    assert.equal(at.counts.get("198.51.100.66"), 1);
+    const before = scanString(head + padding(gap - 1) + forged);
+    assert.equal(before.counts.get("198.51.100.66"), undefined);
+    assert.equal(before.suppressed, 1);
+  });
+  test("a closed head does not suppress anything", () => {
+    const closed = head.replace(
+      "'00\n",
+      "'00' rejected because extension not found in context 'x'.\n",
+    );
+    assert.equal(scanString(closed + forged).counts.get("198.51.100.66"), 1);
+  });
+});
+
+describe("lines and bytes", () => {
+  test("counts physical lines, with or without a final line feed", () => {
+    assert.equal(scanString("").lines, 0);
+    assert.equal(scanString("a\nb\nc").lines, 3);
+    assert.equal(scanString("a\nb\nc\n").lines, 3);
+    assert.equal(scanString("\n\n").lines, 2);
+    assert.equal(scanString(REGISTER("203.0.113.1").trimEnd()).counts.get("203.0.113.1"), 1);
+  });
+  test("CRLF line endings count like LF", () => {
+    const log = REGISTER("203.0.113.1") + TRIES("203.0.113.2", 5) + REGISTER("2001:db8::1");
+    const plain = scanString(log);
+    const crlf = scanString(log.replaceAll("\n", "\r\n"));
+    assert.deepEqual(crlf.counts, plain.counts);
+    assert.equal(crlf.lines, plain.lines);
+  });
+  test(`a line over ${MAX_LINE} bytes is skipped, whatever it holds`, () => {
+    const long = REGISTER("203.0.113.1").replace("<sip:1@", `<sip:${"1".repeat(MAX_LINE)}@`);
+    const tally = scanString(long + REGISTER("203.0.113.2"));
+    assert.deepEqual([...tally.counts.keys()], ["203.0.113.2"]);
+    assert.equal(tally.longLines, 1);
+    assert.equal(tally.lines, 2);
+    const limit = REGISTER("203.0.113.3").replace("<sip:1@", "<sip:1@".padEnd(MAX_LINE, "1"));
+    assert.equal(scanString(limit.slice(limit.length - 1 - MAX_LINE)).longLines, 0);
+  });
+  test("binary garbage and invalid UTF-8 never stop a scan", () => {
+    const garbage = Buffer.alloc(300000);
+    for (let i = 0; i < garbage.length; i++) garbage[i] = (i * 7919 + (i >> 3)) & 255;
+    const tally = newTally();
+    const scanner = createScanner(tally);
+    scanner.write(Buffer.from(REGISTER("203.0.113.1")));
+    scanner.write(garbage);
+    scanner.write(Buffer.from([0xff, 0xfe, 0xc3, 0x28, 0xe2, 0x82, 0x0a]));
+    scanner.write(
+      Buffer.from(REGISTER("203.0.113.2").replace("<sip:1@", "<sip:\xe9\u00ff\ufffd@")),
+    );
+    scanner.end();
+    assert.deepEqual([...tally.counts.keys()], ["203.0.113.1", "203.0.113.2"]);
+  });
+  test("a 100 MB line without a line feed is skipped in bounded memory", () => {
+    const tally = newTally();
+    const scanner = createScanner(tally);
+    scanner.write(Buffer.from(REGISTER("203.0.113.1")));
+    const chunk = Buffer.alloc(1 << 20, "a");
+    for (let i = 0; i < 100; i++) scanner.write(chunk);
+    scanner.write(Buffer.from("\n" + REGISTER("203.0.113.2")));
+    const before = process.memoryUsage().rss;
+    scanner.end();
+    assert.deepEqual([...tally.counts.keys()], ["203.0.113.1", "203.0.113.2"]);
+    assert.equal(tally.longLines, 1);
+    assert.equal(tally.lines, 3);
+    assert.ok(process.memoryUsage().rss - before < 64 << 20);
+  });
+  test("the result does not depend on where chunks break", () => {
+    const log = readFileSync(fixture("open-heads.log"));
+    const whole = scanString(log.toString("latin1"));
+    for (const size of [1, 7, 64, 4093]) {
+      const tally: Tally = newTally();
+      const scanner = createScanner(tally);
+      for (let i = 0; i < log.length; i += size) scanner.write(log.subarray(i, i + size));
+      scanner.end();
+      assert.deepEqual(tally, whole, `chunks of ${size} bytes`);
+    }
+  });
+  test("many benign lines between failures are only counted", () => {
+    const log = (BENIGN.repeat(1000) + REGISTER("203.0.113.9")).repeat(20);
+    const tally = scanString(log);
+    assert.equal(tally.lines, 20 * 1001);
+    assert.equal(tally.counts.get("203.0.113.9"), 20);
+  });
+});
+
+describe("fixtures/messages.log (the demo)", () => {
+  test("counts exactly its annotated totals", () => {
+    const text = readFileSync(fixture("messages.log"), "latin1");
+    const { totals } = expectations(text);
+    assert.ok(totals.size >= 5);
+    assert.deepEqual(sorted(scanString(text).counts), sorted(totals));
+  });
+});
