@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run --no-prompt --allow-read=/var/log/asterisk,/run/sipcheck.lock --allow-write=/run/sipcheck.lock --allow-run=/usr/sbin/iptables,/usr/sbin/ip6tables,/usr/sbin/iptables-restore,/usr/sbin/ip6tables-restore,/bin/kill --allow-sys=uid,networkInterfaces
+#!/usr/bin/env -S deno run --no-prompt --allow-read=/var/log/asterisk,/run/sipcheck.lock,/etc/asterisk --allow-write=/run/sipcheck.lock --allow-run=/usr/sbin/iptables,/usr/sbin/ip6tables,/usr/sbin/iptables-restore,/usr/sbin/ip6tables-restore,/bin/kill --allow-sys=uid,networkInterfaces
 /**
  * sipcheck: ban the addresses that keep failing to log in to an Asterisk PBX.
  *
@@ -17,6 +17,7 @@
  * sipcheck.ts [options] [LOG ...]   scan LOGs, ban every address with >= THRESHOLD failures
  * sipcheck.ts clear                  remove every rule sipcheck added, and nothing else
  * sipcheck.ts list                   print the addresses sipcheck bans now
+ * sipcheck.ts audit [--config-dir DIR] [--json]   look for toll-fraud holes in the configuration
  *
  * deno run <flags of the first line> sipcheck.ts ...     or     node sipcheck.ts ...
  * ```
@@ -26,7 +27,8 @@
  *
  * Exit codes (sysexits.h): 0 done; 64 usage error; 66 a log could not be read (the others were
  * still scanned and acted on); 69 firewall command missing or failed; 75 another sipcheck run
- * holds the lock; 77 not root where root is needed; 1 anything unexpected.
+ * holds the lock; 77 not root where root is needed; 1 anything unexpected. `audit` follows the
+ * monitoring-plugin convention instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
  *
  * @module
  */
@@ -37,14 +39,16 @@ import {
   closeSync,
   existsSync,
   openSync,
+  readdirSync,
   readFileSync,
   readSync,
   unlinkSync,
   writeSync,
 } from "node:fs";
+import { readdir } from "node:fs/promises";
 import { isIP } from "node:net";
 import { networkInterfaces } from "node:os";
-import { join } from "node:path";
+import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 
@@ -116,7 +120,7 @@ export const EXIT = {
 } as const;
 
 /** Bytes read from a log at a time. */
-const CHUNK_SIZE = 1 << 20;
+const CHUNK_SIZE = 32 << 10;
 
 // ---------------------------------------------------------------------------------------------
 // Types
@@ -272,22 +276,37 @@ export function normaliseAddress(text: string, form: AddressForm): string | null
     if (firstColon !== -1 && firstColon === lastColon) {
       // a.b.c.d:port
       if (form === "bare" || !isPortSuffix(text, lastColon)) return null;
-      host = text.slice(0, lastColon);
-      return isIP(host) === 4 ? host : null;
+      return normaliseHost(text.slice(0, lastColon), 4);
     }
-    if (firstColon === -1) {
-      if (form === "srcname") return null;
-      return isIP(text) === 4 ? text : null;
-    }
+    if (firstColon === -1) return form === "srcname" ? null : normaliseHost(text, 4);
     if (form === "sockaddr") return null; // it brackets IPv6 (and always adds the port)
     if (form === "srcname") {
       if (!isPortSuffix(text, lastColon)) return null;
       host = text.slice(0, lastColon);
     }
   }
-  const zone = host.indexOf("%");
-  if (zone !== -1) host = host.slice(0, zone);
-  return isIP(host) === 6 ? canonicalIPv6(host) : null;
+  return normaliseHost(host, 6);
+}
+
+/** Recent host texts and their normal form: attackers repeat their address thousands of times,
+ * and IPv6 takes some work to normalise. Cleared when full, so memory stays bounded. */
+const HOSTS = new Map<string, string | null>();
+const HOSTS_MAX = 4096;
+
+/** A host (no port, no brackets) of the given syntax, normalised, or null if not an address. */
+function normaliseHost(host: string, version: IpVersion): string | null {
+  const key = version === 4 ? host : "[" + host;
+  let normal = HOSTS.get(key);
+  if (normal !== undefined) return normal;
+  if (version === 4) normal = isIP(host) === 4 ? detach(host) : null;
+  else {
+    const zone = host.indexOf("%");
+    const address = zone === -1 ? host : host.slice(0, zone);
+    normal = isIP(address) === 6 ? canonicalIPv6(address) : null;
+  }
+  if (HOSTS.size >= HOSTS_MAX) HOSTS.clear();
+  HOSTS.set(detach(key), normal);
+  return normal;
 }
 
 /** The eight 16-bit groups of a valid IPv6 address (checked with `isIP` first). */
@@ -387,61 +406,87 @@ export function isInAny(address: string, blocks: readonly Cidr[]): boolean {
 /** Where a record's prefix says it comes from, and where its message starts. */
 interface Prefix {
   level: string;
-  /** `__FILE__` of the writer, or `Ext.` for dialplan Log() lines. */
+  /** A watched source file (`__FILE__` of the writer, `Ext.` for dialplan Log() lines), or `""`
+   * for any other file. */
   file: string;
   /** Index of the message body. For `Ext.` lines, of the text after `Ext. `. */
   body: number;
 }
 
-function isUpper(c: number): boolean {
-  return c >= 65 && c <= 90;
-}
 function isDigit(c: number): boolean {
   return c >= 48 && c <= 57;
 }
 function isLowerHex(c: number): boolean {
   return isDigit(c) || (c >= 97 && c <= 102);
 }
-/** `[\w./-]`: the characters of a source file name. */
-function isFileNameChar(c: number): boolean {
-  return isDigit(c) || isUpper(c) || (c >= 97 && c <= 122) || c === 95 || c === 46 || c === 47 ||
-    c === 45;
+/** The levels of the families sipcheck reads (dialplan Log() lines included). */
+const LEVELS = ["NOTICE", "WARNING", "SECURITY", "ERROR"] as const;
+/** Source files whose messages sipcheck reads (the keys of FAMILIES_BY_FILE, below). */
+const WATCHED_FILES = [
+  "chan_sip.c",
+  "res_pjsip/pjsip_distributor.c",
+  "res_pjsip_session.c",
+  "chan_iax2.c",
+  "manager.c",
+  "res_security_log.c",
+] as const;
+
+/** The levels above by their first letter. */
+const LEVEL_BY_INITIAL: Record<number, string> = Object.fromEntries(
+  LEVELS.map((level) => [level.charCodeAt(0), level]),
+);
+
+/** A prefix that is well formed but names a level or file sipcheck does not read. */
+const IRRELEVANT: Prefix = Object.freeze({ level: "", file: "", body: 0 });
+
+/** The level written at s[start, end) if it is one sipcheck reads, or `""`. */
+function levelAt(s: string, start: number, end: number): string {
+  for (const level of LEVELS) {
+    if (level.length === end - start && s.startsWith(level, start)) return level;
+  }
+  return "";
+}
+
+/** The watched file named at s[start, end), or `""`. */
+function watchedFileAt(s: string, start: number, end: number): string {
+  for (const file of WATCHED_FILES) {
+    if (file.length === end - start && s.startsWith(file, start)) return file;
+  }
+  return "";
 }
 
 /**
  * File channels, default formatter, 1.4 – master: `[date] LEVEL[tid][C-xxxxxxxx] file.c: `, that
  * is `/^\[[^\]]*\] [A-Z][A-Z0-9_]* ?\[\d+\](?:\[C-[0-9a-f]{8}\])? (?:[\w./-]+\.c: |Ext\. )/`,
- * read by hand because every candidate line goes through it. Dialplan Log() lines name the file
- * `Ext. <exten>`; their body is taken from after `Ext. `.
+ * read by hand at s[start, end) because every line of a log goes through it. Returns null when
+ * the line does not start with such a prefix, and {@link IRRELEVANT} when it does but its level
+ * or file is not one sipcheck reads (most lines of a log: they cost a few comparisons). Dialplan
+ * Log() lines name the file `Ext. <exten>`; their body is taken from after `Ext. `.
  */
-function readFilePrefix(line: string): Prefix | null {
-  if (line.charCodeAt(0) !== 91 /* [ */) return null;
-  const dateEnd = line.indexOf("]");
-  if (dateEnd === -1 || line.charCodeAt(dateEnd + 1) !== 32) return null;
+function readFilePrefix(s: string, start: number, end: number): Prefix | null {
+  if (s.charCodeAt(start) !== 91 /* [ */) return null;
+  const dateEnd = s.indexOf("]", start);
+  if (dateEnd === -1 || dateEnd + 1 >= end || s.charCodeAt(dateEnd + 1) !== 32) return null;
   let p = dateEnd + 2;
-  const levelStart = p;
-  if (!isUpper(line.charCodeAt(p))) return null;
-  for (
-    let c = line.charCodeAt(++p);
-    isUpper(c) || isDigit(c) || c === 95;
-    c = line.charCodeAt(++p)
-  );
-  const level = line.slice(levelStart, p);
-  if (line.charCodeAt(p) === 32) p++;
-  if (line.charCodeAt(p) !== 91 || !isDigit(line.charCodeAt(p + 1))) return null;
-  for (p += 2; isDigit(line.charCodeAt(p)); p++);
-  if (line.charCodeAt(p++) !== 93 /* ] */) return null;
-  if (line.startsWith("[C-", p)) {
-    for (let i = p + 3; i < p + 11; i++) if (!isLowerHex(line.charCodeAt(i))) return null;
-    if (line.charCodeAt(p + 11) !== 93) return null;
+  // Most lines are VERBOSE or DEBUG: one look at the level's first letter settles them.
+  const level = LEVEL_BY_INITIAL[s.charCodeAt(p)];
+  if (level === undefined || !s.startsWith(level, p)) return IRRELEVANT;
+  p += level.length;
+  if (s.charCodeAt(p) === 32) p++;
+  if (s.charCodeAt(p) !== 91 || !isDigit(s.charCodeAt(p + 1))) return null;
+  for (p += 2; isDigit(s.charCodeAt(p)); p++);
+  if (s.charCodeAt(p++) !== 93 /* ] */) return null;
+  if (s.charCodeAt(p) === 91 && s.startsWith("[C-", p)) {
+    for (let i = p + 3; i < p + 11; i++) if (!isLowerHex(s.charCodeAt(i))) return null;
+    if (s.charCodeAt(p + 11) !== 93) return null;
     p += 12;
   }
-  if (line.charCodeAt(p++) !== 32) return null;
-  if (line.startsWith("Ext. ", p)) return { level, file: "Ext.", body: p + 5 };
-  const fileStart = p;
-  while (isFileNameChar(line.charCodeAt(p))) p++;
-  if (p - fileStart < 3 || !line.startsWith(".c: ", p - 2)) return null;
-  return { level, file: line.slice(fileStart, p), body: p + 2 };
+  if (s.charCodeAt(p++) !== 32 || p >= end) return null;
+  if (s.startsWith("Ext. ", p) && p + 5 <= end) return { level, file: "Ext.", body: p + 5 };
+  const colon = s.indexOf(": ", p);
+  if (colon === -1 || colon >= end) return null;
+  const file = watchedFileAt(s, p, colon);
+  return file === "" ? IRRELEVANT : { level, file, body: colon + 2 };
 }
 
 /**
@@ -458,12 +503,15 @@ const LOCATED_PREFIX = new RegExp(
     "(?:([\\w./-]+\\.c):\\d+ (?:in )?\\w+: |Ext\\. )",
 );
 
-/** Reads any of the prefixes above. */
+/** Reads any of the prefixes above from a whole line. */
 function readPrefix(line: string): Prefix | null {
-  const prefix = readFilePrefix(line);
+  const prefix = readFilePrefix(line, 0, line.length);
   if (prefix) return prefix;
   const located = LOCATED_PREFIX.exec(line);
-  return located && { level: located[1], file: located[2] ?? "Ext.", body: located[0].length };
+  if (!located) return null;
+  const file = located[2] === undefined ? "Ext." : watchedFileAt(located[2], 0, located[2].length);
+  const level = levelAt(located[1], 0, located[1].length);
+  return file === "" || level === "" ? IRRELEVANT : { level, file, body: located[0].length };
 }
 
 /** ANSI colour codes (SGR), present only in console output copied to the journal. */
@@ -628,8 +676,8 @@ const DIALPLAN_UNKNOWN_SIP = new RegExp(
 /** One Asterisk message family: the levels that write it, and how to read its body. */
 interface Family {
   name: FamilyName;
-  /** Levels it is written at; null for any (dialplan Log() picks its own). */
-  levels: readonly string[] | null;
+  /** Levels it is written at. */
+  levels: readonly string[];
   /** Reads a message body; null when the body is not this family's. */
   read: (body: string) => Failure | null;
 }
@@ -675,7 +723,7 @@ function headFamily(
 /** A family anchored on the right end of the line; `head` alone marks an open head. */
 function tailFamily(
   name: FamilyName,
-  levels: readonly string[] | null,
+  levels: readonly string[],
   pattern: RegExp,
   form: AddressForm,
   head: RegExp | null = null,
@@ -692,6 +740,8 @@ function tailFamily(
 }
 
 const NOTICE = ["NOTICE"] as const;
+/** Levels a dialplan Log() warning may be written at (FreePBX uses WARNING). */
+const LOG_LEVELS = ["NOTICE", "WARNING", "ERROR"] as const;
 /** chan_iax2 raised some of its messages to WARNING in 18.21, 20.6, 21.1 and 22. */
 const NOTICE_OR_WARNING = ["NOTICE", "WARNING"] as const;
 
@@ -865,12 +915,12 @@ const FAMILIES_BY_FILE: ReadonlyMap<string, readonly Family[]> = new Map<string,
   ]],
   ["manager.c", [headFamily("ami-auth", NOTICE, AMI_AUTH, "bare", null)]],
   ["res_security_log.c", [securityEvent]],
-  ["Ext.", [tailFamily("dialplan-unknown-sip", null, DIALPLAN_UNKNOWN_SIP, "bare")]],
+  ["Ext.", [tailFamily("dialplan-unknown-sip", LOG_LEVELS, DIALPLAN_UNKNOWN_SIP, "bare")]],
 ]);
 
 /**
- * The first character a message body of each watched file can start with, for the cheap test on
- * the hot path (see {@link mayHoldFailure}); null where anything can come first.
+ * The first characters a message body of each watched file can start with, for the cheap test on
+ * the hot path (see {@link readLineAt}); null where anything can come first.
  */
 const BODY_STARTS: ReadonlyMap<string, string | null> = new Map([
   ["chan_sip.c", "RCh"],
@@ -879,6 +929,7 @@ const BODY_STARTS: ReadonlyMap<string, string | null> = new Map([
   ["chan_iax2.c", "HNR"],
   ["manager.c", "0123456789abcdefABCDEF:"],
   ["res_security_log.c", "S"],
+  ["Ext.", null],
 ]);
 
 /** Reads the body of a record once its level and source file are known. */
@@ -886,7 +937,7 @@ function readBody(level: string, file: string, body: string, fromJson: boolean):
   const families = FAMILIES_BY_FILE.get(file);
   if (!families) return null;
   for (const family of families) {
-    if (family.levels && !family.levels.includes(level)) continue;
+    if (!family.levels.includes(level)) continue;
     const result = family.read(body);
     if (!result) continue;
     // A JSON record is one line whatever it holds: nothing after it can be forged.
@@ -929,8 +980,24 @@ export function parseLine(line: string): Failure | null {
     line = line.replace(SGR, "");
     prefix = readPrefix(line);
   }
-  if (!prefix) return null;
+  if (!prefix || prefix === IRRELEVANT) return null;
   return readBody(prefix.level, prefix.file, line.slice(prefix.body), false);
+}
+
+/**
+ * The hot path's parseLine, for the line s[start, end) of a chunk: the same reading, with cheap
+ * tests first so that the lines that cannot hold a failure, most of a log, cost next to nothing.
+ */
+function readLineAt(s: string, start: number, end: number): Failure | null {
+  if (s.charCodeAt(end - 1) === 13 /* CR */) end--;
+  const prefix = readFilePrefix(s, start, end);
+  if (prefix === IRRELEVANT) return null;
+  if (prefix) {
+    const starts = BODY_STARTS.get(prefix.file);
+    if (starts === undefined || (starts !== null && !starts.includes(s[prefix.body]))) return null;
+    return readBody(prefix.level, prefix.file, s.slice(prefix.body, end), false);
+  }
+  return mayHoldFailure(s, start, end) ? parseLine(s.slice(start, end)) : null;
 }
 // ---------------------------------------------------------------------------------------------
 // Counting
@@ -976,22 +1043,13 @@ export function addFailure(tally: Tally, address: string, tries?: number): void 
   tally.failures += step;
 }
 
-/** Source files whose lines may hold a failure (without `.c`), by the character before `.c`. */
-const WATCHED_FILES: Record<number, readonly string[]> = {
-  112: ["chan_sip"], // p
-  114: ["res_pjsip/pjsip_distributor", "manager"], // r
-  110: ["res_pjsip_session"], // n
-  50: ["chan_iax2"], // 2
-  103: ["res_security_log"], // g
-};
 /** How far into a line the source file name may be. */
 const PREFIX_REACH = 256;
 
 /**
- * The cheap test on the hot path: may this line hold a failure? It must name a watched source
- * file (the first `name.c:` in the line, or `"filename":"…"` in JSON, or `Ext. `), and in the
- * file format its message must start with a character one of that file's families starts with.
- * Lines that pass are parsed in full; the rest, most of a log, are only counted.
+ * The cheap test for lines in the other formats (syslog, journal, `[plain]`, JSON): does the
+ * line name a watched source file (the first `name.c:` in it, `"filename":"…"` in JSON, or
+ * `Ext. `)? Lines that pass are parsed in full.
  */
 function mayHoldFailure(s: string, start: number, end: number): boolean {
   const reach = Math.min(end, start + PREFIX_REACH);
@@ -1000,7 +1058,7 @@ function mayHoldFailure(s: string, start: number, end: number): boolean {
     if (key === -1 || key >= reach) return false;
     const close = s.indexOf('"', key + 12);
     return close !== -1 && close < end &&
-      (FAMILIES_BY_FILE.has(s.slice(key + 12, close)) || s.startsWith("Ext. ", key + 12));
+      (watchedFileAt(s, key + 12, close) !== "" || s.startsWith("Ext. ", key + 12));
   }
   for (
     let dot = s.indexOf(".c", start);
@@ -1009,15 +1067,8 @@ function mayHoldFailure(s: string, start: number, end: number): boolean {
   ) {
     const next = s.charCodeAt(dot + 2);
     if (next !== 58 /* : */ && next !== 27 /* ESC: journal colours */) continue;
-    const names = WATCHED_FILES[s.charCodeAt(dot - 1)];
-    if (names === undefined) return false;
-    for (const name of names) {
-      if (!s.startsWith(name, dot - name.length)) continue;
-      if (next === 27 || s.charCodeAt(dot + 3) !== 32) return true; // not the file format
-      const starts = BODY_STARTS.get(name + ".c");
-      return starts === null || (starts !== undefined && starts.includes(s[dot + 4]));
-    }
-    return false;
+    // A watched name ending here (what comes before it is for parseLine to judge).
+    return WATCHED_FILES.some((file) => s.startsWith(file, dot + 2 - file.length));
   }
   const ext = s.indexOf("Ext. ", start);
   return ext !== -1 && ext < reach;
@@ -1077,8 +1128,8 @@ export function createScanner(tally: Tally, onFailure?: (failure: Failure) => vo
       if (end === -1) end = length;
       tally.lines++;
       if (end - start > MAX_LINE) tally.longLines++;
-      else if (mayHoldFailure(s, start, end)) {
-        const failure = parseLine(s.slice(start, end));
+      else {
+        const failure = readLineAt(s, start, end);
         if (failure) record(failure, base + start, base + end);
       }
       if (end === length) return;
@@ -1612,6 +1663,2267 @@ export async function clearChain(
 }
 
 // ---------------------------------------------------------------------------------------------
+// sipcheck audit: read Asterisk's configuration and say where a stranger can make calls on your
+// bill or take control of the PBX. `sipcheck audit [--config-dir DIR] [--json]`; exit codes follow
+// the monitoring-plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN). In order: findings,
+// configuration sources, the config parser (comments, includes, templates), the dialplan model
+// and the walk that finds dial-outs, one function per check, then output and the command.
+// ---------------------------------------------------------------------------------------------
+
+// ----- Findings --------------------------------------------------------------
+
+/** How bad a finding is: critical = no password needed, warning = a weakness, info = worth knowing. */
+export type AuditSeverity = "critical" | "warning" | "info";
+
+/** The stable finding codes; monitoring rules and scripts may match on them. */
+export const AUDIT_CODES = [
+  "guest-reaches-dialout",
+  "anonymous-reaches-dialout",
+  "no-secret-reaches-dialout",
+  "ami-open-weak-secret",
+  "guest-allowed",
+  "anonymous-endpoint",
+  "no-secret",
+  "alwaysauthreject-off",
+  "insecure-invite",
+  "weak-secret",
+  "ami-open-permit",
+  "shared-pin",
+  "include-missing",
+  "include-cycle",
+  "unresolved",
+] as const;
+
+/** One of {@link AUDIT_CODES}. */
+export type AuditCode = typeof AUDIT_CODES[number];
+
+/** One thing the audit found, with where it is and what to do about it. */
+export type AuditFinding = {
+  severity: AuditSeverity;
+  code: AuditCode;
+  /** Path relative to the config dir (absolute when outside it). */
+  file: string;
+  /** 1-based line; 0 when the finding is about a whole file or a default value. */
+  line: number;
+  message: string;
+  /** For reachability findings: each step from the entry point to the dial-out, "file:line text". */
+  chain?: string[];
+};
+
+/** The overall result, as a monitoring plugin reports it. */
+export type AuditStatus = "OK" | "WARNING" | "CRITICAL" | "UNKNOWN";
+
+function makeFinding(
+  severity: AuditSeverity,
+  code: AuditCode,
+  where: { file: string; line: number },
+  message: string,
+  chain?: string[],
+): AuditFinding {
+  const result: AuditFinding = { severity, code, file: where.file, line: where.line, message };
+  if (chain && chain.length > 0) result.chain = chain;
+  return result;
+}
+
+// ----- Configuration sources -------------------------------------------------
+
+/** Where configuration files come from: the disk, or an in-memory map in tests. Paths are absolute. */
+export type ConfigSource = {
+  /** The file's text, or undefined when it is missing or unreadable. */
+  readText(path: string): string | undefined;
+  /** The names in a directory, or undefined when it is not a readable directory. */
+  listDir(path: string): string[] | undefined;
+};
+
+/** Reads configuration files from the local disk. */
+export function diskSource(): ConfigSource {
+  return {
+    readText(path) {
+      try {
+        return readFileSync(path, "utf8");
+      } catch {
+        return undefined;
+      }
+    },
+    listDir(path) {
+      try {
+        return readdirSync(path);
+      } catch {
+        return undefined;
+      }
+    },
+  };
+}
+
+/** Serves files from a map of absolute path to text; directories are implied by the paths. */
+export function memorySource(files: Record<string, string>): ConfigSource {
+  const directories = new Map<string, Set<string>>();
+  for (const path of Object.keys(files)) {
+    let child = path;
+    let parent = dirname(path);
+    while (parent !== child) {
+      const names = directories.get(parent) ?? new Set<string>();
+      names.add(child.slice(parent.length).replace(/^\//, ""));
+      directories.set(parent, names);
+      child = parent;
+      parent = dirname(parent);
+    }
+  }
+  return {
+    readText: (path) => Object.hasOwn(files, path) ? files[path] : undefined,
+    listDir: (path) => {
+      const names = directories.get(path);
+      return names ? [...names].sort() : undefined;
+    },
+  };
+}
+
+// ----- Config parser: comments -------------------------------------------------
+
+/**
+ * Removes `;` comments and `;-- ... --;` block comments (which may span lines and nest) the way
+ * Asterisk does; `\;` stays as a literal `;`. Returns one trimmed string per physical line, so
+ * line numbers are kept, and the line where an unclosed block comment starts.
+ */
+export function stripComments(text: string): { lines: string[]; unclosedBlockLine?: number } {
+  const lines: string[] = [];
+  let depth = 0;
+  let openedAt = 0;
+  for (const [index, raw] of text.split(/\r?\n/).entries()) {
+    let kept = "";
+    let scanFrom = 0; // just after the latest ";--", so that ";--;" does not close itself
+    for (let i = 0; i < raw.length; i++) {
+      const char = raw[i];
+      const opensBlock = char === ";" && raw.startsWith("--", i + 1) && raw[i + 3] !== "-";
+      if (depth === 0) {
+        if (char === "\\" && raw[i + 1] === ";") {
+          kept += ";";
+          i++;
+        } else if (opensBlock) {
+          depth = 1;
+          openedAt = index + 1;
+          i += 2;
+          scanFrom = i + 1;
+        } else if (char === ";") {
+          break;
+        } else {
+          kept += char;
+        }
+      } else if (char === ";") {
+        const closesBlock = i - 2 >= scanFrom && raw[i - 1] === "-" && raw[i - 2] === "-";
+        if (closesBlock) {
+          depth--;
+        } else if (opensBlock) {
+          depth++;
+          i += 2;
+          scanFrom = i + 1;
+        }
+      }
+    }
+    lines.push(kept.trim());
+  }
+  return depth > 0 ? { lines, unclosedBlockLine: openedAt } : { lines };
+}
+
+// ----- Config parser: includes --------------------------------------------------
+
+/** A comment-free, non-empty line of configuration and where it came from. */
+export type ConfigLine = { file: string; line: number; text: string };
+
+type IncludeState = {
+  configDir: string;
+  source: ConfigSource;
+  problems: AuditFinding[];
+  /** Absolute paths of the files being read, outermost first: how cycles are seen. */
+  stack: string[];
+};
+
+const MAX_INCLUDE_DEPTH = 20;
+
+/** True when a path contains glob characters (`*`, `?`, `[`). */
+function hasGlob(path: string): boolean {
+  return /[*?[]/.test(path);
+}
+
+/** Matches one path component against a glob with `*`, `?` and `[...]`; like glob(3), `*` skips dot files. */
+export function globMatch(pattern: string, name: string): boolean {
+  if (name.startsWith(".") && !pattern.startsWith(".")) return false;
+  return globMatchFrom(pattern, 0, name, 0);
+}
+
+function globMatchFrom(pattern: string, p: number, name: string, n: number): boolean {
+  while (p < pattern.length) {
+    const char = pattern[p];
+    if (char === "*") {
+      for (let rest = n; rest <= name.length; rest++) {
+        if (globMatchFrom(pattern, p + 1, name, rest)) return true;
+      }
+      return false;
+    }
+    if (n >= name.length) return false;
+    const classEnd = char === "[" ? pattern.indexOf("]", p + 2) : -1;
+    if (classEnd > 0) {
+      if (!charInClass(pattern.slice(p + 1, classEnd), name[n])) return false;
+      p = classEnd + 1;
+    } else {
+      if (char !== "?" && char !== name[n]) return false;
+      p++;
+    }
+    n++;
+  }
+  return n === name.length;
+}
+
+function charInClass(members: string, char: string): boolean {
+  const negated = members.startsWith("!") || members.startsWith("^");
+  const set = negated ? members.slice(1) : members;
+  let found = false;
+  for (let i = 0; i < set.length; i++) {
+    if (set[i + 1] === "-" && i + 2 < set.length) {
+      if (char >= set[i] && char <= set[i + 2]) found = true;
+      i += 2;
+    } else if (set[i] === char) {
+      found = true;
+    }
+  }
+  return found !== negated;
+}
+
+/** Expands an absolute path whose components may hold globs into the sorted list of matching paths. */
+export function expandGlob(pattern: string, source: ConfigSource): string[] {
+  let candidates = ["/"];
+  for (const part of pattern.split("/").filter((part) => part !== "")) {
+    const next: string[] = [];
+    for (const base of candidates) {
+      if (!hasGlob(part)) {
+        next.push(join(base, part));
+        continue;
+      }
+      const names = (source.listDir(base) ?? []).filter((name) => globMatch(part, name)).sort();
+      for (const name of names) next.push(join(base, name));
+    }
+    candidates = next;
+  }
+  return candidates;
+}
+
+/**
+ * Where an `#include` argument points: relative names are relative to the config dir, as in
+ * Asterisk. An absolute path under /etc/asterisk is mapped into the config dir being audited, so
+ * that auditing a copy never reads the live system's files.
+ */
+export function includeTarget(argument: string, configDir: string): string {
+  const systemDir = "/etc/asterisk/";
+  if (!isAbsolute(argument)) return join(configDir, argument);
+  if (argument.startsWith(systemDir) && resolve(configDir) !== "/etc/asterisk") {
+    return join(configDir, argument.slice(systemDir.length));
+  }
+  return argument;
+}
+
+/** How a path is shown in findings: relative to the config dir when inside it. */
+function displayPath(path: string, configDir: string): string {
+  const shown = relative(configDir, path);
+  return shown.startsWith("..") || isAbsolute(shown) ? path : shown;
+}
+
+function appendFile(path: string, text: string, state: IncludeState, out: ConfigLine[]): void {
+  const file = displayPath(path, state.configDir);
+  const stripped = stripComments(text);
+  if (stripped.unclosedBlockLine !== undefined) {
+    state.problems.push(makeFinding(
+      "info",
+      "unresolved",
+      { file, line: stripped.unclosedBlockLine },
+      "This ;-- block comment is never closed with --;, so everything after it is ignored; close it.",
+    ));
+  }
+  state.stack.push(path);
+  for (const [index, lineText] of stripped.lines.entries()) {
+    const where = { file, line: index + 1, text: lineText };
+    if (lineText.startsWith("#")) handleDirective(where, state, out);
+    else if (lineText !== "") out.push(where);
+  }
+  state.stack.pop();
+}
+
+function handleDirective(where: ConfigLine, state: IncludeState, out: ConfigLine[]): void {
+  const match = /^#\s*([A-Za-z]+)\s*(.*)$/.exec(where.text);
+  const directive = (match?.[1] ?? "").toLowerCase();
+  const argument = (match?.[2] ?? "").trim().replace(/^["<](.*)[">]$/, "$1").trim();
+  if (directive === "exec" || directive === "tryexec") {
+    state.problems.push(makeFinding(
+      "info",
+      "unresolved",
+      where,
+      `#${directive} runs a program whose output sipcheck cannot see; check what it adds by hand.`,
+    ));
+    return;
+  }
+  if ((directive !== "include" && directive !== "tryinclude") || argument === "") {
+    state.problems.push(makeFinding(
+      "info",
+      "unresolved",
+      where,
+      `sipcheck does not understand "${where.text}"; check this line by hand.`,
+    ));
+    return;
+  }
+  const target = includeTarget(argument, state.configDir);
+  const isGlob = hasGlob(target);
+  const paths = isGlob ? expandGlob(target, state.source) : [target];
+  const texts = paths.map((path) => ({ path, text: state.source.readText(path) }));
+  const found = texts.filter((entry) => entry.text !== undefined);
+  if (found.length === 0 && directive === "include") {
+    const what = isGlob ? "matches no file" : "names a file that does not exist";
+    state.problems.push(makeFinding(
+      "info",
+      "include-missing",
+      where,
+      `#include "${argument}" ${what}; a failed #include can stop Asterisk from loading ` +
+        `${displayPath(state.stack[0] ?? "", state.configDir)}, so this audit may not match ` +
+        "what runs; fix the path or use #tryinclude.",
+    ));
+  }
+  for (const entry of found) includeOne(entry.path, entry.text ?? "", where, state, out);
+}
+
+function includeOne(
+  path: string,
+  text: string,
+  where: ConfigLine,
+  state: IncludeState,
+  out: ConfigLine[],
+): void {
+  if (state.stack.includes(path)) {
+    const chain = [...state.stack, path].map((file) => displayPath(file, state.configDir));
+    state.problems.push(makeFinding(
+      "info",
+      "include-cycle",
+      where,
+      `This include loops back to ${displayPath(path, state.configDir)} (${
+        chain.join(" -> ")
+      }); sipcheck read it once, remove the include that closes the loop.`,
+    ));
+    return;
+  }
+  if (state.stack.length >= MAX_INCLUDE_DEPTH) {
+    state.problems.push(makeFinding(
+      "info",
+      "unresolved",
+      where,
+      `Includes are nested more than ${MAX_INCLUDE_DEPTH} deep; sipcheck stopped following them here.`,
+    ));
+    return;
+  }
+  appendFile(path, text, state, out);
+}
+
+// ----- Config parser: sections, templates, keys ----------------------------------
+
+/** One `key = value` (or `key => value`) line, after templates and `+=` were applied. */
+export type ConfigEntry = {
+  /** Lower-cased key, for lookups. */
+  key: string;
+  /** The key as written (dialplan variable names are case-sensitive). */
+  rawKey: string;
+  value: string;
+  file: string;
+  line: number;
+  /** The line as written, without comments. */
+  text: string;
+  /** The template this entry was copied from, if any. */
+  inheritedFrom?: string;
+};
+
+/** A `[section]` with its entries; templates' entries are copied in first, as Asterisk does. */
+export type ConfigSection = {
+  name: string;
+  file: string;
+  line: number;
+  /** Declared with `(!)`: a template, not a real object. */
+  template: boolean;
+  /** Templates inherited from, in order (later ones win for single-valued keys). */
+  inherits: string[];
+  entries: ConfigEntry[];
+};
+
+/** A parsed configuration file with everything it includes. */
+export type ConfigFile = { name: string; sections: ConfigSection[]; problems: AuditFinding[] };
+
+/** Splits a `[name](options)` header; the options only count when `(` follows `]` at once. */
+export function parseSectionHeader(text: string): { name: string; options: string[] } | undefined {
+  const close = text.indexOf("]");
+  if (!text.startsWith("[") || close < 0) return undefined;
+  const name = text.slice(1, close).trim();
+  const after = text.slice(close + 1);
+  if (!after.startsWith("(")) return { name, options: [] };
+  const end = after.indexOf(")");
+  const inside = end < 0 ? after.slice(1) : after.slice(1, end);
+  return { name, options: inside.split(",").map((option) => option.trim()).filter(Boolean) };
+}
+
+/** Groups lines into sections, applying `(!)`, `(tpl1,tpl2)`, `(+)` and `+=` like Asterisk. */
+export function buildSections(lines: ConfigLine[], problems: AuditFinding[]): ConfigSection[] {
+  const sections: ConfigSection[] = [];
+  const filesWithStrayLines = new Set<string>();
+  let current: ConfigSection | undefined;
+  for (const line of lines) {
+    if (line.text.startsWith("[")) {
+      current = openSection(line, sections, problems);
+      if (!current) filesWithStrayLines.add(line.file); // the bad header was reported already
+    } else if (current) {
+      addEntry(current, line);
+    } else if (!filesWithStrayLines.has(line.file)) {
+      filesWithStrayLines.add(line.file);
+      problems.push(makeFinding(
+        "info",
+        "unresolved",
+        line,
+        "This line is outside any [section], which makes Asterisk reject the file; " +
+          "move it under a section header.",
+      ));
+    }
+  }
+  return sections;
+}
+
+function openSection(
+  line: ConfigLine,
+  sections: ConfigSection[],
+  problems: AuditFinding[],
+): ConfigSection | undefined {
+  const header = parseSectionHeader(line.text);
+  if (!header) {
+    problems.push(makeFinding(
+      "info",
+      "unresolved",
+      line,
+      `"${line.text}" is not a valid section header; fix it.`,
+    ));
+    return undefined;
+  }
+  if (header.options.includes("+")) {
+    const existing = sections.find((section) => section.name === header.name);
+    if (existing) return existing;
+    problems.push(makeFinding(
+      "info",
+      "unresolved",
+      line,
+      `[${header.name}](+) adds to a section that is not defined above it; define it first.`,
+    ));
+  }
+  const section: ConfigSection = {
+    name: header.name,
+    file: line.file,
+    line: line.line,
+    template: header.options.includes("!"),
+    inherits: [],
+    entries: [],
+  };
+  for (const option of header.options) {
+    if (option === "!" || option === "+") continue;
+    const template = sections.find((candidate) => candidate.name === option);
+    if (!template) {
+      problems.push(makeFinding(
+        "info",
+        "unresolved",
+        line,
+        `[${header.name}] inherits from '${option}', which is not defined above it; ` +
+          "Asterisk rejects the file, define the template first.",
+      ));
+      continue;
+    }
+    section.inherits.push(option);
+    for (const entry of template.entries) {
+      section.entries.push({ ...entry, inheritedFrom: entry.inheritedFrom ?? option });
+    }
+  }
+  sections.push(section);
+  return section;
+}
+
+function addEntry(section: ConfigSection, line: ConfigLine): void {
+  const equals = line.text.indexOf("=");
+  if (equals <= 0) return; // Asterisk ignores a line without "=" (with a warning)
+  const appends = line.text[equals - 1] === "+";
+  const rawKey = line.text.slice(0, appends ? equals - 1 : equals).trim();
+  let rawValue = line.text.slice(equals + 1);
+  if (appends) {
+    const index = section.entries.findLastIndex((entry) => entry.rawKey === rawKey);
+    if (index >= 0) {
+      // "key += more" appends the text as written to the latest value of key.
+      const previous = section.entries[index];
+      section.entries[index] = {
+        key: previous.key,
+        rawKey,
+        value: (previous.value + rawValue).trim(),
+        file: line.file,
+        line: line.line,
+        text: line.text,
+      };
+      return;
+    }
+  } else if (rawValue.startsWith(">")) {
+    rawValue = rawValue.slice(1);
+  }
+  section.entries.push({
+    key: rawKey.toLowerCase(),
+    rawKey,
+    value: rawValue.trim(),
+    file: line.file,
+    line: line.line,
+    text: line.text,
+  });
+}
+
+/** Reads `name` from the config dir with everything it includes; undefined when it does not exist. */
+export function loadConfigFile(
+  name: string,
+  configDir: string,
+  source: ConfigSource,
+): ConfigFile | undefined {
+  const path = join(configDir, name);
+  const text = source.readText(path);
+  if (text === undefined) return undefined;
+  const problems: AuditFinding[] = [];
+  const lines: ConfigLine[] = [];
+  appendFile(path, text, { configDir, source, problems, stack: [] }, lines);
+  return { name, sections: buildSections(lines, problems), problems };
+}
+
+/** Parses a single configuration text (includes resolve against nothing); handy for snippets. */
+export function parseConfigText(text: string, name = "test.conf"): ConfigFile {
+  const configDir = "/nonexistent-sipcheck-dir";
+  const file = loadConfigFile(name, configDir, memorySource({ [join(configDir, name)]: text }));
+  return file ?? { name, sections: [], problems: [] };
+}
+
+// ----- Config lookups ------------------------------------------------------------
+
+/** The latest entry for a key (Asterisk: the last one wins for single-valued settings). */
+export function lastEntry(
+  section: ConfigSection | undefined,
+  key: string,
+): ConfigEntry | undefined {
+  return section?.entries.findLast((entry) => entry.key === key);
+}
+
+/** The latest value for a key. */
+export function lastValue(section: ConfigSection | undefined, key: string): string | undefined {
+  return lastEntry(section, key)?.value;
+}
+
+/** All sections of a file that are real objects (not templates). */
+export function realSections(file: ConfigFile | undefined): ConfigSection[] {
+  return (file?.sections ?? []).filter((section) => !section.template);
+}
+
+/** All sections with this name merged into one, in file order (for `[general]`). */
+export function mergedSection(
+  file: ConfigFile | undefined,
+  name: string,
+): ConfigSection | undefined {
+  const matching = realSections(file).filter((section) => section.name === name);
+  if (matching.length === 0) return undefined;
+  return { ...matching[0], entries: matching.flatMap((section) => section.entries) };
+}
+
+/** Asterisk's ast_true(): yes, true, y, t, 1, on. */
+export function isTrue(value: string | undefined): boolean {
+  return ["yes", "true", "y", "t", "1", "on"].includes((value ?? "").trim().toLowerCase());
+}
+
+/** The section's `type=` in lower case, or "". */
+function sectionType(section: ConfigSection): string {
+  return (lastValue(section, "type") ?? "").toLowerCase();
+}
+
+// ----- Address lists (permit / deny) ---------------------------------------------
+
+/** One `permit=` or `deny=` rule, in the order written. */
+export type AclRule = { sense: "permit" | "deny"; network: string };
+
+/** The permit/deny rules of a section, one per network (comma lists are split). */
+export function aclRules(section: ConfigSection): AclRule[] {
+  return section.entries
+    .filter((entry) => entry.key === "permit" || entry.key === "deny")
+    .flatMap((entry) =>
+      entry.value.split(",").map((network) => ({
+        sense: entry.key as "permit" | "deny",
+        network: network.trim(),
+      }))
+    );
+}
+
+/** True for a network that covers every address: 0.0.0.0/0, 0.0.0.0/0.0.0.0, ::/0. */
+export function coversEveryAddress(network: string): boolean {
+  const [address, mask] = network.trim().split("/");
+  if (address.startsWith("!") || mask === undefined) return false;
+  return ["0", "0.0.0.0", "::"].includes(mask.trim());
+}
+
+/**
+ * Would an address that no rule names explicitly be let in? Asterisk starts from "allow", and
+ * each rule that matches the address sets the result, so only rules for every address count.
+ */
+export function aclAllowsAnyAddress(rules: AclRule[]): boolean {
+  let allowed = true;
+  for (const rule of rules) {
+    if (coversEveryAddress(rule.network)) allowed = rule.sense === "permit";
+  }
+  return allowed;
+}
+
+/** Who may connect as this section: anyone, only listed addresses, or unknown (a named `acl=`). */
+export function aclExposure(section: ConfigSection): "anywhere" | "restricted" | "unknown" {
+  if (lastEntry(section, "acl")) return "unknown";
+  return aclAllowsAnyAddress(aclRules(section)) ? "anywhere" : "restricted";
+}
+
+// ----- Secrets ----------------------------------------------------------------------
+
+/** A short list of the passwords that SIP scanners try first (compared case-insensitively). */
+export const COMMON_SIP_PASSWORDS: readonly string[] = [
+  "0000",
+  "1111",
+  "1234",
+  "12345",
+  "123456",
+  "1234567",
+  "12345678",
+  "123456789",
+  "1234567890",
+  "111111",
+  "000000",
+  "abc123",
+  "admin",
+  "administrator",
+  "amp111",
+  "asterisk",
+  "changeme",
+  "default",
+  "elastix",
+  "freepbx",
+  "guest",
+  "letmein",
+  "pass",
+  "passw0rd",
+  "password",
+  "password1",
+  "password123",
+  "qwerty",
+  "qwertyuiop",
+  "secret",
+  "sip",
+  "test",
+  "voip",
+  "welcome",
+];
+
+/** Minimum length below which a secret is called weak. */
+export const MIN_SECRET_LENGTH = 10;
+
+/** Why a secret is weak (empty list: not weak by these rules). `names` are the account's names. */
+export function weakSecretReasons(secret: string, names: string[]): string[] {
+  if (secret === "") return ["it is empty"];
+  const reasons: string[] = [];
+  if (secret.length < MIN_SECRET_LENGTH) {
+    reasons.push(`shorter than ${MIN_SECRET_LENGTH} characters`);
+  }
+  if (/^\d+$/.test(secret)) reasons.push("only digits");
+  const lower = secret.toLowerCase();
+  if (names.some((name) => name !== "" && name.toLowerCase() === lower)) {
+    reasons.push("the same as the account name");
+  }
+  if (COMMON_SIP_PASSWORDS.includes(lower)) reasons.push("one of the most common passwords");
+  return reasons;
+}
+
+// ----- Dialplan model ---------------------------------------------------------------
+
+/** One priority of an extension: `exten => pattern,priority(label),App(data)`. */
+export type DialplanStep = {
+  context: string;
+  exten: string;
+  priority: number;
+  label?: string;
+  app: string;
+  data: string;
+  file: string;
+  line: number;
+  text: string;
+};
+
+/** An extension (literal like `100` or pattern like `_00X.`) and its priorities in order. */
+export type DialplanExtension = { pattern: string; steps: DialplanStep[] };
+
+/** An `include =>` or `switch =>` line of a context. */
+export type DialplanLink = { target: string; file: string; line: number; text: string };
+
+/** A dialplan context; sections with the same name are merged, as pbx_config does. */
+export type DialplanContext = {
+  name: string;
+  extensions: DialplanExtension[];
+  includes: DialplanLink[];
+  switches: DialplanLink[];
+};
+
+/** The dialplan of extensions.conf plus its `[globals]`. */
+export type Dialplan = {
+  contexts: Map<string, DialplanContext>;
+  globals: Map<string, string>;
+  problems: AuditFinding[];
+};
+
+/** The parts of an `exten =>` value: pattern, priority, label, application and its data. */
+export type ExtenLine = {
+  pattern: string;
+  priority: string;
+  label?: string;
+  app: string;
+  data: string;
+};
+
+/** Splits `pattern,priority(label),App(data)`; the pattern may hold commas inside `[...]`. */
+export function parseExtenLine(value: string): ExtenLine | undefined {
+  let bracketDepth = 0;
+  let patternEnd = -1;
+  for (let i = 0; i < value.length && patternEnd < 0; i++) {
+    if (value[i] === "[") bracketDepth++;
+    else if (value[i] === "]") bracketDepth = Math.max(0, bracketDepth - 1);
+    else if (value[i] === "," && bracketDepth === 0) patternEnd = i;
+  }
+  if (patternEnd < 0) return undefined;
+  const pattern = value.slice(0, patternEnd).split("/")[0].trim(); // drop a "/callerid" match
+  const rest = value.slice(patternEnd + 1);
+  const priorityEnd = rest.indexOf(",");
+  const priorityField = (priorityEnd < 0 ? rest : rest.slice(0, priorityEnd)).trim();
+  const labelMatch = /^([^(]*)\(([^)]*)\)$/.exec(priorityField);
+  const application = splitApplication(priorityEnd < 0 ? "" : rest.slice(priorityEnd + 1));
+  const parsed: ExtenLine = {
+    pattern,
+    priority: (labelMatch ? labelMatch[1] : priorityField).trim(),
+    ...application,
+  };
+  if (labelMatch) parsed.label = labelMatch[2].trim();
+  return parsed;
+}
+
+/** Splits `App(data)` (or the old `App,data`) into the application name and its data. */
+export function splitApplication(text: string): { app: string; data: string } {
+  const trimmed = text.trim();
+  const paren = trimmed.indexOf("(");
+  if (paren >= 0) {
+    const close = trimmed.lastIndexOf(")");
+    return {
+      app: trimmed.slice(0, paren).trim(),
+      data: close > paren ? trimmed.slice(paren + 1, close) : trimmed.slice(paren + 1),
+    };
+  }
+  const comma = trimmed.indexOf(",");
+  if (comma >= 0) return { app: trimmed.slice(0, comma).trim(), data: trimmed.slice(comma + 1) };
+  return { app: trimmed, data: "" };
+}
+
+/** Builds the dialplan from a parsed extensions.conf (an empty one when there is none). */
+export function buildDialplan(config: ConfigFile | undefined): Dialplan {
+  const dialplan: Dialplan = { contexts: new Map(), globals: new Map(), problems: [] };
+  const extensions = new Map<string, DialplanExtension>(); // "context\0pattern" -> extension
+  for (const section of realSections(config)) {
+    if (section.name === "general") continue;
+    if (section.name === "globals") {
+      for (const entry of section.entries) dialplan.globals.set(entry.rawKey, entry.value);
+      continue;
+    }
+    addContextSection(dialplan, section, extensions);
+  }
+  for (const context of dialplan.contexts.values()) {
+    for (const extension of context.extensions) {
+      extension.steps.sort((a, b) => a.priority - b.priority);
+    }
+  }
+  return dialplan;
+}
+
+function addContextSection(
+  dialplan: Dialplan,
+  section: ConfigSection,
+  extensions: Map<string, DialplanExtension>,
+): void {
+  const context = dialplan.contexts.get(section.name) ??
+    { name: section.name, extensions: [], includes: [], switches: [] };
+  dialplan.contexts.set(section.name, context);
+  let lastPattern: string | undefined;
+  let lastPriority = 0;
+  for (const entry of section.entries) {
+    const link = { target: entry.value, file: entry.file, line: entry.line, text: entry.text };
+    if (entry.key === "include") {
+      context.includes.push({ ...link, target: entry.value.split(/[,|]/)[0].trim() });
+    } else if (["switch", "lswitch", "eswitch"].includes(entry.key)) {
+      context.switches.push(link);
+    } else if (entry.key === "exten" || entry.key === "same") {
+      if (entry.key === "same" && lastPattern === undefined) {
+        dialplan.problems.push(makeFinding(
+          "info",
+          "unresolved",
+          entry,
+          "same => has no exten => line before it in this context; Asterisk ignores it.",
+        ));
+        continue;
+      }
+      const value = entry.key === "same" ? `${lastPattern},${entry.value}` : entry.value;
+      const parsed = parseExtenLine(value);
+      if (!parsed) continue;
+      lastPattern = parsed.pattern;
+      if (parsed.priority.toLowerCase() === "hint") continue;
+      lastPriority = priorityNumber(parsed.priority, lastPriority);
+      addStep(context, parsed, lastPriority, entry, extensions);
+    }
+  }
+}
+
+function priorityNumber(priority: string, lastPriority: number): number {
+  if (/^\d+$/.test(priority)) return Number(priority);
+  if (priority === "s") return lastPriority;
+  const plus = /^n\+(\d+)$/.exec(priority);
+  return plus ? lastPriority + Number(plus[1]) : lastPriority + 1;
+}
+
+function addStep(
+  context: DialplanContext,
+  parsed: ExtenLine,
+  priority: number,
+  entry: ConfigEntry,
+  extensions: Map<string, DialplanExtension>,
+): void {
+  const key = `${context.name}\0${parsed.pattern}`;
+  let extension = extensions.get(key);
+  if (!extension) {
+    extension = { pattern: parsed.pattern, steps: [] };
+    extensions.set(key, extension);
+    context.extensions.push(extension);
+  }
+  const step: DialplanStep = {
+    context: context.name,
+    exten: parsed.pattern,
+    priority,
+    app: parsed.app,
+    data: parsed.data,
+    file: entry.file,
+    line: entry.line,
+    text: entry.text,
+  };
+  if (parsed.label) step.label = parsed.label;
+  extension.steps.push(step);
+}
+
+/** Does an extension pattern (`_NXXNXXXXXX`, `_00X.`, `_[1-5]!`, or a literal) match a number? */
+export function extensionMatches(pattern: string, exten: string): boolean {
+  if (!pattern.startsWith("_")) return pattern.replaceAll("-", "") === exten.replaceAll("-", "");
+  const body = pattern.slice(1);
+  let e = 0;
+  for (let p = 0; p < body.length; p++) {
+    const char = body[p].toUpperCase();
+    if (char === "-") continue; // dashes are only for readability, as in _1-800-NXXXXXX
+    if (char === "!") return true;
+    if (char === ".") return e < exten.length;
+    if (e >= exten.length) return false;
+    const digit = exten[e];
+    if (char === "X" && !/[0-9]/.test(digit)) return false;
+    if (char === "Z" && !/[1-9]/.test(digit)) return false;
+    if (char === "N" && !/[2-9]/.test(digit)) return false;
+    if (char === "[") {
+      const close = body.indexOf("]", p);
+      if (close < 0 || !charInClass(body.slice(p + 1, close), digit)) return false;
+      p = close;
+    } else if (!"XZN".includes(char) && body[p] !== digit) {
+      return false;
+    }
+    e++;
+  }
+  return e === exten.length;
+}
+
+// ----- Dialplan values ---------------------------------------------------------------
+
+/**
+ * Stands for digits the caller chose (the dialed number) inside an expanded string. Anything
+ * computed from it (`${EXTEN:1}`, `${FILTER(0-9,${EXTEN})}`) is still the caller's choice.
+ */
+export const CALLER_DIGITS = "\u0001";
+
+/** Splits application data on top-level commas (not inside (), [], {} or quotes); `\,` escapes. */
+export function splitArgs(data: string): string[] {
+  const args: string[] = [];
+  let current = "";
+  let depth = 0;
+  let quoted = false;
+  for (let i = 0; i < data.length; i++) {
+    const char = data[i];
+    if (char === "\\" && i + 1 < data.length) {
+      current += data[i + 1];
+      i++;
+      continue;
+    }
+    if (char === '"') quoted = !quoted;
+    else if (!quoted && "([{".includes(char)) depth++;
+    else if (!quoted && ")]}".includes(char)) depth = Math.max(0, depth - 1);
+    else if (!quoted && depth === 0 && char === ",") {
+      args.push(current.trim());
+      current = "";
+      continue;
+    }
+    current += char;
+  }
+  args.push(current.trim());
+  return args;
+}
+
+/** Index of the first `char` outside (), [], {} and quotes, or -1. */
+function indexOfTopLevel(text: string, char: string, from = 0): number {
+  let depth = 0;
+  let quoted = false;
+  for (let i = from; i < text.length; i++) {
+    const current = text[i];
+    if (current === "\\") {
+      i++;
+    } else if (current === '"') {
+      quoted = !quoted;
+    } else if (!quoted && depth === 0 && current === char) {
+      return i;
+    } else if (!quoted && "([{".includes(current)) {
+      depth++;
+    } else if (!quoted && ")]}".includes(current)) {
+      depth = Math.max(0, depth - 1);
+    }
+  }
+  return -1;
+}
+
+/** True while a string still holds a `${...}` or `$[...]` that could not be resolved. */
+export function isUnresolved(text: string): boolean {
+  return text.includes("${") || text.includes("$[");
+}
+
+/**
+ * Expands `${VAR}`, `${VAR:offset:length}` and simple `$[a = b]` with `lookup`. Anything built
+ * from {@link CALLER_DIGITS} becomes CALLER_DIGITS; what cannot be resolved is left as written.
+ */
+export function expandVariables(
+  text: string,
+  lookup: (name: string) => string | undefined,
+): string {
+  let out = "";
+  let i = 0;
+  while (i < text.length) {
+    const opener = text.startsWith("${", i) ? "{" : text.startsWith("$[", i) ? "[" : undefined;
+    const close = opener ? matchingClose(text, i + 1) : -1;
+    if (!opener || close < 0) {
+      out += text[i];
+      i++;
+      continue;
+    }
+    const inner = expandVariables(text.slice(i + 2, close), lookup);
+    out += opener === "{" ? evaluateVariable(inner, lookup) : evaluateExpression(inner);
+    i = close + 1;
+  }
+  return out;
+}
+
+function matchingClose(text: string, openIndex: number): number {
+  const open = text[openIndex];
+  const close = open === "{" ? "}" : "]";
+  let depth = 0;
+  for (let i = openIndex; i < text.length; i++) {
+    if (text[i] === open) depth++;
+    else if (text[i] === close && --depth === 0) return i;
+  }
+  return -1;
+}
+
+function evaluateVariable(inner: string, lookup: (name: string) => string | undefined): string {
+  if (inner.includes(CALLER_DIGITS)) return CALLER_DIGITS;
+  const match = /^([A-Za-z_][A-Za-z0-9_]*)(?::(-?\d+)(?::(-?\d+))?)?$/.exec(inner);
+  const value = match ? lookup(match[1]) : undefined;
+  if (!match || value === undefined) return "${" + inner + "}";
+  if (value.includes(CALLER_DIGITS)) return CALLER_DIGITS;
+  if (match[2] === undefined) return value;
+  if (isUnresolved(value)) return "${" + inner + "}";
+  return asteriskSubstring(
+    value,
+    Number(match[2]),
+    match[3] === undefined ? undefined : Number(match[3]),
+  );
+}
+
+/** Asterisk's `${VAR:offset:length}`: negative offset counts from the end, negative length trims. */
+function asteriskSubstring(value: string, offset: number, length?: number): string {
+  const start = offset < 0 ? Math.max(0, value.length + offset) : Math.min(offset, value.length);
+  if (length === undefined) return value.slice(start);
+  const end = length < 0 ? Math.max(start, value.length + length) : start + length;
+  return value.slice(start, end);
+}
+
+function evaluateExpression(inner: string): string {
+  if (inner.includes(CALLER_DIGITS)) return CALLER_DIGITS;
+  const comparison = /^\s*("[^"]*"|[^\s"=!<>&|]*)\s*(!=|==|=)\s*("[^"]*"|[^\s"=!<>&|]*)\s*$/.exec(
+    inner,
+  );
+  if (!comparison || isUnresolved(inner)) return "$[" + inner + "]";
+  const left = comparison[1].replace(/^"(.*)"$/, "$1");
+  const right = comparison[3].replace(/^"(.*)"$/, "$1");
+  const numeric = /^-?\d+$/.test(left) && /^-?\d+$/.test(right);
+  const equal = numeric ? Number(left) === Number(right) : left === right;
+  return (comparison[2] === "!=" ? !equal : equal) ? "1" : "0";
+}
+
+/** How Asterisk reads a condition: true, false, or undefined when it cannot be known. */
+export function conditionValue(expanded: string): boolean | undefined {
+  const text = expanded.trim();
+  if (isUnresolved(text) || text.includes(CALLER_DIGITS)) return undefined;
+  if (text === "") return false;
+  return /^-?\d+$/.test(text) ? Number(text) !== 0 : true;
+}
+
+/** What a Dial() destination like `SIP/${EXTEN}@trunk` is, once its variables are expanded. */
+export type DialTarget =
+  | { kind: "trunk" | "other" | "unknown" }
+  | { kind: "local"; exten: string; context: string };
+
+const VOIP_TECHS = new Set(["SIP", "PJSIP", "IAX2", "IAX", "H323", "OOH323", "MOTIF"]);
+const PSTN_TECHS = new Set(["DAHDI", "ZAP", "DGV", "MISDN", "CAPI", "MOBILE", "SS7"]);
+
+/**
+ * Classifies one expanded Dial() destination: "trunk" when the caller's digits go out through a
+ * trunk (`SIP/…@host`, `PJSIP/…@trunk`, `SIP/peer/…`, `DAHDI/g0/…`), "local" for `Local/x@ctx`,
+ * "unknown" when variables hide the answer, and "other" for phones and fixed numbers.
+ */
+export function classifyDialDestination(destination: string): DialTarget {
+  const slash = destination.indexOf("/");
+  if (slash < 0) return { kind: isUnresolved(destination) ? "unknown" : "other" };
+  const tech = destination.slice(0, slash).trim().toUpperCase();
+  const resource = destination.slice(slash + 1).trim();
+  if (isUnresolved(tech)) return { kind: "unknown" };
+  if (tech === "LOCAL") {
+    const at = resource.indexOf("@");
+    if (at < 0) return { kind: "other" };
+    const context = resource.slice(at + 1).split("/")[0];
+    return { kind: "local", exten: resource.slice(0, at), context };
+  }
+  const trunkLike = PSTN_TECHS.has(tech) || (VOIP_TECHS.has(tech) && /[@/]/.test(resource));
+  if (resource.includes(CALLER_DIGITS)) return { kind: trunkLike ? "trunk" : "other" };
+  if ((VOIP_TECHS.has(tech) || PSTN_TECHS.has(tech)) && isUnresolved(resource)) {
+    return { kind: "unknown" };
+  }
+  return { kind: "other" };
+}
+
+// ----- Dialplan walk: what an unauthenticated caller can reach ----------------------
+
+/** Something a caller reached: a dial-out to a trunk, or a place sipcheck cannot see through. */
+export type DialplanReach = {
+  kind: "dial-out" | "unknown";
+  /** An Authenticate(), VMAuthenticate() or DISA password stood on the way. */
+  guarded: boolean;
+  /** For dial-outs the application call; for unknowns, why it is unknown. */
+  what: string;
+  file: string;
+  line: number;
+  /** Steps from the entry point, "file:line [context] text". */
+  chain: string[];
+};
+
+type WalkVisit = {
+  context: string;
+  exten: string;
+  priority?: string;
+  vars: Map<string, string>;
+  chain: string[];
+  guarded: boolean;
+};
+
+type DialplanWalk = {
+  dialplan: Dialplan;
+  queue: WalkVisit[];
+  /** Records a reach; `target` ("file:line|target") lets a later resolution cancel an unknown. */
+  report(reach: DialplanReach, target?: string): void;
+  /** Targets ("file:line|target") that some path resolved: unknowns there are dropped. */
+  resolved: Set<string>;
+};
+
+type ExtensionRun = {
+  walk: DialplanWalk;
+  context: string;
+  exten: string;
+  steps: DialplanStep[];
+  vars: Map<string, string>;
+  chain: string[];
+};
+
+type StepBranch = { index: number; guarded: boolean };
+
+type JumpTarget = { context?: string; exten?: string; priority: string };
+
+const MAX_VISITS = 50_000;
+const TERMINATING_APPS = new Set(["hangup", "return", "macroexit", "busy", "congestion"]);
+const AGI_APPS = new Set(["agi", "eagi", "deadagi", "fastagi"]);
+
+/**
+ * Walks the dialplan from `entryContext` as a caller who can dial any number, following
+ * includes, Goto/GotoIf, Gosub, Macro, Dial(Local/...) and DISA, and returns every dial-out
+ * (caller-chosen digits sent to a trunk) and every place it could not see through, shortest
+ * chains first. `entryStep` is the first element of each chain (where the caller comes in).
+ * After `maxVisits` visits the walk stops and says so with an "unknown" reach.
+ */
+export function findDialOuts(
+  dialplan: Dialplan,
+  entryContext: string,
+  entryStep: string,
+  maxVisits = MAX_VISITS,
+): DialplanReach[] {
+  const reaches: DialplanReach[] = [];
+  const unknownTargets = new Map<DialplanReach, string>();
+  const reported = new Set<string>();
+  const walk: DialplanWalk = {
+    dialplan,
+    queue: [{
+      context: entryContext,
+      exten: CALLER_DIGITS,
+      vars: new Map(),
+      chain: [entryStep],
+      guarded: false,
+    }],
+    resolved: new Set(),
+    report(reach, target) {
+      const key = `${reach.kind}|${reach.guarded}|${reach.file}:${reach.line}|${target ?? ""}`;
+      if (reported.has(key)) return;
+      reported.add(key);
+      reaches.push(reach);
+      if (target !== undefined) unknownTargets.set(reach, target);
+    },
+  };
+  const seen = new Set<string>();
+  let next = 0;
+  while (next < walk.queue.length && seen.size < maxVisits) {
+    const visit = walk.queue[next++];
+    const key = visitKey(visit);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    visitContext(visit, walk);
+  }
+  const leftOver = walk.queue[next];
+  if (leftOver) {
+    reaches.push({
+      kind: "unknown",
+      guarded: leftOver.guarded,
+      what: `the dialplan is too large or loops too much: sipcheck stopped after ${maxVisits} ` +
+        `steps, before '${leftOver.context}'`,
+      file: "extensions.conf",
+      line: 0,
+      chain: leftOver.chain,
+    });
+  }
+  // A target that one path could not resolve but another path did (a variable that is set on
+  // the usual way in and unset on an odd one) is not reported as unknown.
+  return reaches.filter((reach) => !walk.resolved.has(unknownTargets.get(reach) ?? ""));
+}
+
+/**
+ * Two visits with the same key behave the same for this walk. Only variables that carry the
+ * caller's digits or parameterise a subroutine are part of it: keying on every variable lets
+ * big dialplans (FreePBX) multiply visits without finding anything new.
+ */
+function visitKey(visit: WalkVisit): string {
+  const vars = [...visit.vars]
+    .filter(([name, value]) =>
+      name !== "EXTEN" && (value.includes(CALLER_DIGITS) || /^(ARG\d+|MACRO_EXTEN)$/.test(name))
+    )
+    .sort()
+    .join(";");
+  return [visit.context, visit.exten, visit.priority ?? "", visit.guarded, vars].join("|");
+}
+
+function visitContext(visit: WalkVisit, walk: DialplanWalk): void {
+  const context = walk.dialplan.contexts.get(visit.context);
+  if (!context) return;
+  for (const extension of context.extensions) {
+    const exten = extenOnArrival(extension.pattern, visit.exten);
+    if (exten !== undefined) runExtension(context.name, extension, exten, visit, walk);
+  }
+  for (const include of context.includes) {
+    walk.queue.push({
+      ...visit,
+      context: include.target,
+      chain: [...visit.chain, describeLink(context.name, include)],
+    });
+  }
+  for (const link of context.switches) {
+    walk.report({
+      kind: "unknown",
+      guarded: visit.guarded,
+      what: `${link.text} hands numbers to a dialplan sipcheck cannot see`,
+      file: link.file,
+      line: link.line,
+      chain: [...visit.chain, describeLink(context.name, link)],
+    });
+  }
+}
+
+/**
+ * What ${EXTEN} is when a call for `dialed` runs the extension `pattern`, or undefined when it
+ * does not match. `dialed` may hold the caller's digits (any extension can be reached) or an
+ * unresolved variable (every literal extension that fits around it, and every pattern).
+ */
+function extenOnArrival(pattern: string, dialed: string): string | undefined {
+  const isPattern = pattern.startsWith("_");
+  if (dialed.includes(CALLER_DIGITS)) return isPattern ? dialed : pattern;
+  if (isUnresolved(dialed)) {
+    if (isPattern) return dialed;
+    return templateMatches(dialed, pattern) ? pattern : undefined;
+  }
+  return extensionMatches(pattern, dialed) ? dialed : undefined;
+}
+
+/** Does a literal fit a text whose `${...}` / `$[...]` parts may be anything? */
+function templateMatches(template: string, literal: string): boolean {
+  const parts: string[] = [];
+  let rest = template;
+  while (rest !== "") {
+    const start = rest.search(/\$[{[]/);
+    if (start < 0) {
+      parts.push(escapeRegExp(rest));
+      break;
+    }
+    const close = matchingClose(rest, start + 1);
+    parts.push(escapeRegExp(rest.slice(0, start)), ".*");
+    rest = close < 0 ? "" : rest.slice(close + 1);
+  }
+  return new RegExp(`^${parts.join("")}$`).test(literal);
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+function runExtension(
+  context: string,
+  extension: DialplanExtension,
+  exten: string,
+  visit: WalkVisit,
+  walk: DialplanWalk,
+): void {
+  const run: ExtensionRun = {
+    walk,
+    context,
+    exten,
+    steps: extension.steps,
+    vars: new Map(visit.vars),
+    chain: visit.chain,
+  };
+  run.vars.set("EXTEN", exten);
+  const start = visit.priority === undefined ? 0 : priorityIndex(extension.steps, visit.priority);
+  if (start === undefined) return;
+  const pending: StepBranch[] = [{ index: start, guarded: visit.guarded }];
+  const done = new Set<string>();
+  while (pending.length > 0) {
+    const branch = pending.pop();
+    if (!branch || branch.index >= run.steps.length) continue;
+    const key = `${branch.index}|${branch.guarded}`;
+    if (done.has(key)) continue;
+    done.add(key);
+    const step = run.steps[branch.index];
+    pending.push(...runApplication(run, step, step.app, step.data, branch));
+  }
+}
+
+/** Index of a priority number or label in an extension, or undefined. */
+function priorityIndex(steps: DialplanStep[], priority: string): number | undefined {
+  const wanted = priority.trim();
+  if (wanted === "" || isUnresolved(wanted)) return 0;
+  const index = /^\d+$/.test(wanted)
+    ? steps.findIndex((step) => step.priority === Number(wanted))
+    : steps.findIndex((step) => step.label === wanted);
+  return index < 0 ? undefined : index;
+}
+
+function describeStep(step: DialplanStep): string {
+  return `${step.file}:${step.line} [${step.context}] ${maskDialSecrets(step.text)}`;
+}
+
+function describeLink(context: string, link: DialplanLink): string {
+  return `${link.file}:${link.line} [${context}] ${link.text}`;
+}
+
+/** Hides the password in `IAX2/user:password@host` dial strings before they are shown. */
+export function maskDialSecrets(text: string): string {
+  return text.replace(/(IAX2?\/[^/:@\s,]+):[^@\s,]+@/gi, "$1:***@");
+}
+
+function variableLookup(run: ExtensionRun): (name: string) => string | undefined {
+  const globals = run.walk.dialplan.globals;
+  const lookup = (name: string, depth: number): string | undefined => {
+    const local = run.vars.get(name);
+    if (local !== undefined) return local;
+    const global = globals.get(name);
+    if (global === undefined || depth > 8) return undefined;
+    return expandVariables(global, (inner) => lookup(inner, depth + 1));
+  };
+  return (name) => lookup(name, 0);
+}
+
+function expandInRun(run: ExtensionRun, text: string): string {
+  return expandVariables(text, variableLookup(run));
+}
+
+/** Runs one application and returns the priorities of this extension that may run next. */
+function runApplication(
+  run: ExtensionRun,
+  step: DialplanStep,
+  app: string,
+  data: string,
+  branch: StepBranch,
+): StepBranch[] {
+  const next = [{ index: branch.index + 1, guarded: branch.guarded }];
+  const name = app.toLowerCase();
+  if (name === "set" || name === "mset") {
+    const assignments = name === "set" ? [data] : splitArgs(data);
+    for (const assignment of assignments) runSet(run, assignment);
+    return next;
+  }
+  if (name === "dial") {
+    followDial(run, step, data, branch.guarded);
+    return next;
+  }
+  if (name === "goto") return followJump(run, step, gotoTarget(data), branch.guarded);
+  if (name === "gotoif") {
+    return chosenBranches(run, data).flatMap((target) =>
+      target === "" ? next : followJump(run, step, gotoTarget(target), branch.guarded)
+    );
+  }
+  if (name === "gosub" || name === "gosubif") {
+    const targets = name === "gosub" ? [data] : chosenBranches(run, data);
+    for (const target of targets.filter(Boolean)) followGosub(run, step, target, branch.guarded);
+    return next;
+  }
+  if (name === "macro") {
+    followMacro(run, step, data, branch.guarded);
+    return next;
+  }
+  if (name === "execif") {
+    return chosenBranches(run, data).flatMap((inner) => {
+      if (inner === "") return next;
+      const parsed = splitApplication(inner);
+      return runApplication(run, step, parsed.app, parsed.data, branch);
+    });
+  }
+  if (name === "exec") {
+    const parsed = splitApplication(expandInRun(run, data));
+    return runApplication(run, step, parsed.app, parsed.data, branch);
+  }
+  if (name === "authenticate" || name === "vmauthenticate") {
+    return [{ index: branch.index + 1, guarded: true }];
+  }
+  if (name === "disa") {
+    followDisa(run, step, data, branch.guarded);
+    return [];
+  }
+  if (AGI_APPS.has(name) || isUnresolved(name)) {
+    reportUnknown(run, step, branch.guarded, `${app}() runs code sipcheck cannot see`);
+    return next;
+  }
+  return TERMINATING_APPS.has(name) ? [] : next;
+}
+
+function runSet(run: ExtensionRun, assignment: string): void {
+  const equals = assignment.indexOf("=");
+  if (equals <= 0) return;
+  let name = assignment.slice(0, equals).trim();
+  const global = /^GLOBAL\((.+)\)$/i.exec(name);
+  if (global) name = global[1];
+  name = name.replace(/^_+/, "");
+  if (name.includes("(")) return; // a function such as CHANNEL(language)
+  run.vars.set(name, expandInRun(run, assignment.slice(equals + 1)));
+}
+
+function followDial(run: ExtensionRun, step: DialplanStep, data: string, guarded: boolean): void {
+  const written = splitArgs(data)[0] ?? "";
+  const destinations = expandInRun(run, written).split("&");
+  for (const destination of destinations) {
+    const target = classifyDialDestination(destination);
+    if (target.kind !== "unknown") run.walk.resolved.add(targetKey(step, written));
+    if (target.kind === "trunk") {
+      run.walk.report({
+        kind: "dial-out",
+        guarded,
+        what: maskDialSecrets(`${step.app}(${data})`),
+        file: step.file,
+        line: step.line,
+        chain: [...run.chain, describeStep(step)],
+      });
+    } else if (target.kind === "unknown") {
+      reportUnknown(
+        run,
+        step,
+        guarded,
+        `${step.app}() dials a target built from variables sipcheck cannot resolve`,
+        written,
+      );
+    } else if (target.kind === "local") {
+      queueVisit(run, step, { context: target.context, exten: target.exten, priority: "1" }, {
+        guarded,
+      });
+    }
+  }
+}
+
+function reportUnknown(
+  run: ExtensionRun,
+  step: DialplanStep,
+  guarded: boolean,
+  why: string,
+  target = "",
+): void {
+  run.walk.report({
+    kind: "unknown",
+    guarded,
+    what: why,
+    file: step.file,
+    line: step.line,
+    chain: [...run.chain, describeStep(step)],
+  }, targetKey(step, target));
+}
+
+function targetKey(step: DialplanStep, target: string): string {
+  return `${step.file}:${step.line}|${target}`;
+}
+
+/** `Goto([[context,]exten,]priority)` split into its parts. */
+function gotoTarget(text: string): JumpTarget {
+  const parts = splitArgs(text);
+  if (parts.length >= 3) return { context: parts[0], exten: parts[1], priority: parts[2] };
+  if (parts.length === 2) return { exten: parts[0], priority: parts[1] };
+  return { priority: parts[0] };
+}
+
+/**
+ * The branches of `cond?iftrue:iffalse` that can run: one when the condition can be worked out,
+ * both otherwise. An empty string stands for "no jump, go on with the next priority".
+ */
+function chosenBranches(run: ExtensionRun, data: string): string[] {
+  const question = indexOfTopLevel(data, "?");
+  if (question < 0) return [""];
+  const branches = data.slice(question + 1);
+  const colon = indexOfTopLevel(branches, ":");
+  const ifTrue = (colon < 0 ? branches : branches.slice(0, colon)).trim();
+  const ifFalse = colon < 0 ? "" : branches.slice(colon + 1).trim();
+  const condition = conditionValue(expandInRun(run, data.slice(0, question)));
+  if (condition === true) return [ifTrue];
+  if (condition === false) return [ifFalse];
+  return [ifTrue, ifFalse];
+}
+
+/** Follows a jump: into this extension (returned as a branch) or elsewhere (queued). */
+function followJump(
+  run: ExtensionRun,
+  step: DialplanStep,
+  target: JumpTarget,
+  guarded: boolean,
+): StepBranch[] {
+  const exten = target.exten === undefined ? run.exten : expandInRun(run, target.exten).trim();
+  if (target.context === undefined && exten === run.exten) {
+    const index = priorityIndex(run.steps, expandInRun(run, target.priority));
+    return index === undefined ? [] : [{ index, guarded }];
+  }
+  queueVisit(run, step, target, { guarded });
+  return [];
+}
+
+function queueVisit(
+  run: ExtensionRun,
+  step: DialplanStep,
+  target: JumpTarget,
+  options: { guarded: boolean; exten?: string; vars?: Map<string, string> },
+): void {
+  const context = target.context === undefined
+    ? run.context
+    : expandInRun(run, target.context).trim();
+  const exten = options.exten ??
+    (target.exten === undefined ? run.exten : expandInRun(run, target.exten).trim());
+  const written = JSON.stringify(target);
+  if (isUnresolved(context)) {
+    const why = `${step.app}() jumps to a context sipcheck cannot work out`;
+    reportUnknown(run, step, options.guarded, why, written);
+    return;
+  }
+  run.walk.resolved.add(targetKey(step, written));
+  run.walk.queue.push({
+    context,
+    exten,
+    priority: expandInRun(run, target.priority),
+    vars: new Map([...run.vars, ...(options.vars ?? [])]),
+    chain: [...run.chain, describeStep(step)],
+    guarded: options.guarded,
+  });
+}
+
+/** `Gosub([[context,]exten,]priority(arg1,...))`: the arguments become ${ARG1}... */
+function followGosub(run: ExtensionRun, step: DialplanStep, data: string, guarded: boolean): void {
+  const open = indexOfTopLevel(data, "(");
+  const head = open < 0 ? data : data.slice(0, open);
+  const close = data.lastIndexOf(")");
+  const args = open < 0 ? [] : splitArgs(data.slice(open + 1, close > open ? close : undefined));
+  const target = gotoTarget(head);
+  if (target.context === undefined && target.exten === undefined) return; // same extension
+  queueVisit(run, step, target, { guarded, vars: argumentVars(run, args) });
+}
+
+/** `Macro(name,args)` runs extension `s` of context `macro-name` with ${ARG1}..., ${MACRO_EXTEN}. */
+function followMacro(run: ExtensionRun, step: DialplanStep, data: string, guarded: boolean): void {
+  const [name = "", ...args] = splitArgs(data);
+  const vars = argumentVars(run, args);
+  vars.set("MACRO_EXTEN", run.exten);
+  vars.set("MACRO_CONTEXT", run.context);
+  queueVisit(run, step, { context: `macro-${name}`, exten: "s", priority: "1" }, {
+    guarded,
+    vars,
+  });
+}
+
+function argumentVars(run: ExtensionRun, args: string[]): Map<string, string> {
+  return new Map(args.map((arg, index) => [`ARG${index + 1}`, expandInRun(run, arg)]));
+}
+
+/** `DISA(password,context)` gives a dial tone in `context`: without a password, to anyone. */
+function followDisa(run: ExtensionRun, step: DialplanStep, data: string, guarded: boolean): void {
+  const [password = "", context = "disa"] = splitArgs(data);
+  const open = password.trim().toLowerCase() === "no-password";
+  queueVisit(run, step, { context: context || "disa", exten: CALLER_DIGITS, priority: "1" }, {
+    guarded: guarded || !open,
+    exten: CALLER_DIGITS,
+  });
+}
+
+// ----- The whole configuration ---------------------------------------------------------
+
+/** Every file the audit reads, parsed, plus the dialplan built from extensions.conf. */
+export type AsteriskConfig = {
+  configDir: string;
+  sip?: ConfigFile;
+  pjsip?: ConfigFile;
+  iax?: ConfigFile;
+  extensions?: ConfigFile;
+  manager?: ConfigFile;
+  dialplan: Dialplan;
+  /** Dialplan files sipcheck does not read (extensions.ael, extensions.lua) that exist. */
+  unreadDialplans: string[];
+};
+
+/** The files `audit` reads, relative to the config dir. */
+export const AUDITED_FILES = [
+  "sip.conf",
+  "pjsip.conf",
+  "iax.conf",
+  "extensions.conf",
+  "manager.conf",
+] as const;
+
+/** Loads every audited file that exists (missing files are fine) and builds the dialplan. */
+export function loadAsteriskConfig(configDir: string, source: ConfigSource): AsteriskConfig {
+  const load = (name: string) => loadConfigFile(name, configDir, source);
+  const extensions = load("extensions.conf");
+  const config: AsteriskConfig = {
+    configDir,
+    dialplan: buildDialplan(extensions),
+    unreadDialplans: ["extensions.ael", "extensions.lua"].filter((name) =>
+      source.readText(join(configDir, name)) !== undefined
+    ),
+  };
+  const sip = load("sip.conf");
+  const pjsip = load("pjsip.conf");
+  const iax = load("iax.conf");
+  const manager = load("manager.conf");
+  if (sip) config.sip = sip;
+  if (pjsip) config.pjsip = pjsip;
+  if (iax) config.iax = iax;
+  if (extensions) config.extensions = extensions;
+  if (manager) config.manager = manager;
+  return config;
+}
+
+/** True when at least one audited file exists. */
+export function hasAnyConfig(config: AsteriskConfig): boolean {
+  return Boolean(config.sip || config.pjsip || config.iax || config.extensions || config.manager);
+}
+
+// ----- Unauthenticated entry points ------------------------------------------------------
+
+/** A way into the dialplan without a password, and the codes and advice that go with it. */
+type EntryPoint = {
+  /** Sentence start: who gets in and why, e.g. "chan_sip takes calls without a password ...". */
+  who: string;
+  context: string;
+  where: { file: string; line: number };
+  chainStart: string;
+  critical: AuditCode;
+  warning: AuditCode;
+  fix: string;
+  /** Set when an address list narrows who can use this entry: never critical then. */
+  restrictedBy?: string;
+};
+
+function entryFindings(entry: EntryPoint, config: AsteriskConfig): AuditFinding[] {
+  const start = `${entry.who} into context '${entry.context}'`;
+  if (!config.extensions) {
+    return [makeFinding(
+      "warning",
+      entry.warning,
+      entry.where,
+      `${start}; extensions.conf was not found, so what they can dial is unknown; ${entry.fix}.`,
+    )];
+  }
+  if (!config.dialplan.contexts.has(entry.context)) {
+    return [makeFinding(
+      "warning",
+      entry.warning,
+      entry.where,
+      `${start}, which does not exist in extensions.conf (such calls are rejected today, ` +
+        `but adding that context would open it); ${entry.fix}.`,
+    )];
+  }
+  const reaches = findDialOuts(config.dialplan, entry.context, entry.chainStart);
+  const unknowns = reaches.filter((reach) => reach.kind === "unknown").map(unknownFinding);
+  const open = reaches.find((reach) => reach.kind === "dial-out" && !reach.guarded);
+  const guarded = reaches.find((reach) => reach.kind === "dial-out" && reach.guarded);
+  if (open && !entry.restrictedBy) {
+    return [
+      makeFinding(
+        "critical",
+        entry.critical,
+        entry.where,
+        `${start}, which reaches ${open.what} with a number the caller picks: anyone can make ` +
+          `calls, abroad included, on your bill; ${entry.fix}, and cut the path shown.`,
+        open.chain,
+      ),
+      ...unknowns,
+    ];
+  }
+  const { detail, chain } = warningDetail(entry, open, guarded, unknowns.length > 0);
+  return [
+    makeFinding("warning", entry.warning, entry.where, `${start}, ${detail}; ${entry.fix}.`, chain),
+    ...unknowns,
+  ];
+}
+
+/** Why an unauthenticated entry is only a warning, and the path to show if there is one. */
+function warningDetail(
+  entry: EntryPoint,
+  open: DialplanReach | undefined,
+  guarded: DialplanReach | undefined,
+  hasUnknowns: boolean,
+): { detail: string; chain?: string[] } {
+  if (open) {
+    return {
+      detail: `which reaches ${open.what} for anyone ${entry.restrictedBy} allows`,
+      chain: open.chain,
+    };
+  }
+  if (guarded) {
+    return {
+      detail: `which reaches ${guarded.what} behind a shared PIN only`,
+      chain: guarded.chain,
+    };
+  }
+  if (hasUnknowns) {
+    return { detail: "where sipcheck found no dial-out but could not see everything (see info)" };
+  }
+  return { detail: "which reaches no dial-out that sipcheck can see" };
+}
+
+function unknownFinding(reach: DialplanReach): AuditFinding {
+  return makeFinding(
+    "info",
+    "unresolved",
+    reach,
+    `Reachable without a password, but ${reach.what}; check by hand what it can dial.`,
+    reach.chain,
+  );
+}
+
+function entryStepText(where: { file: string; line: number }, text: string): string {
+  return where.line > 0 ? `${where.file}:${where.line} ${text}` : `${where.file} ${text}`;
+}
+
+// ----- Checks ---------------------------------------------------------------------------
+
+/** Problems met while reading the files: missing includes, include cycles, lines not understood. */
+export function checkParseProblems(config: AsteriskConfig): AuditFinding[] {
+  const files = [config.sip, config.pjsip, config.iax, config.extensions, config.manager];
+  return [...files.flatMap((file) => file?.problems ?? []), ...config.dialplan.problems];
+}
+
+/** chan_sip guests (`allowguest`, default yes): where they land and whether that dials out. */
+export function checkSipGuests(config: AsteriskConfig): AuditFinding[] {
+  if (!config.sip) return [];
+  const general = mergedSection(config.sip, "general");
+  const allow = lastEntry(general, "allowguest");
+  if (allow && !isTrue(allow.value)) return [];
+  const contextEntry = lastEntry(general, "context");
+  const context = contextEntry?.value || "default";
+  const where = allow ?? { file: general?.file ?? "sip.conf", line: general?.line ?? 0 };
+  const how = allow ? `allowguest=${allow.value}` : "allowguest is not set and defaults to yes";
+  const chainStart = contextEntry
+    ? entryStepText(contextEntry, `[general] ${contextEntry.text}`)
+    : entryStepText(where, "[general] context is not set: guests land in 'default'");
+  return entryFindings({
+    who: `chan_sip takes calls without a password (${how})`,
+    context,
+    where,
+    chainStart,
+    critical: "guest-reaches-dialout",
+    warning: "guest-allowed",
+    fix: "set allowguest=no in [general] of sip.conf",
+  }, config);
+}
+
+/** PJSIP endpoints that anyone is identified as: `[anonymous]`, or an identify matching every address. */
+export function checkPjsipAnonymous(config: AsteriskConfig): AuditFinding[] {
+  const sections = realSections(config.pjsip);
+  const endpoints = sections.filter((section) => sectionType(section) === "endpoint");
+  const globalAcl = pjsipGlobalAclNote(sections);
+  const findings: AuditFinding[] = [];
+  const anonymous = endpoints.find((endpoint) => endpoint.name === "anonymous");
+  if (anonymous && !lastEntry(anonymous, "auth")) {
+    findings.push(...entryFindings({
+      who: "PJSIP endpoint 'anonymous' takes calls from anyone who is not identified otherwise",
+      context: lastValue(anonymous, "context") || "default",
+      where: anonymous,
+      chainStart: entryStepText(anonymous, "[anonymous] type=endpoint (unidentified callers)"),
+      critical: "anonymous-reaches-dialout",
+      warning: "anonymous-endpoint",
+      fix: "remove the anonymous endpoint, or point its context at one that only routes your own " +
+        "numbers",
+      ...entryRestriction(anonymous, globalAcl),
+    }, config));
+  }
+  for (const identify of sections.filter((section) => sectionType(section) === "identify")) {
+    findings.push(...identifyAllFindings(identify, endpoints, globalAcl, config));
+  }
+  return findings;
+}
+
+function identifyAllFindings(
+  identify: ConfigSection,
+  endpoints: ConfigSection[],
+  globalAcl: string | undefined,
+  config: AsteriskConfig,
+): AuditFinding[] {
+  const matchAll = identify.entries.find((entry) =>
+    entry.key === "match" && entry.value.split(",").some(coversEveryAddress)
+  );
+  if (!matchAll) return [];
+  const endpointName = lastValue(identify, "endpoint") ?? "";
+  const endpoint = endpoints.find((candidate) => candidate.name === endpointName);
+  if (!endpoint) {
+    return [makeFinding(
+      "info",
+      "unresolved",
+      matchAll,
+      `identify '${identify.name}' matches every address but its endpoint '${endpointName}' is ` +
+        "not defined in pjsip.conf; check where it comes from.",
+    )];
+  }
+  if (lastEntry(endpoint, "auth") || endpoint.name === "anonymous") return [];
+  return entryFindings({
+    who: `PJSIP endpoint '${endpoint.name}' takes calls from any address without a password ` +
+      `(identify '${identify.name}' has match=${matchAll.value} and the endpoint has no auth=)`,
+    context: lastValue(endpoint, "context") || "default",
+    where: matchAll,
+    chainStart: entryStepText(matchAll, `[${identify.name}] ${matchAll.text}`),
+    critical: "anonymous-reaches-dialout",
+    warning: "anonymous-endpoint",
+    fix: "narrow match= to your provider's addresses, or add auth= to the endpoint",
+    ...entryRestriction(endpoint, globalAcl),
+  }, config);
+}
+
+/** A PJSIP `type=acl` section that keeps out unknown addresses, described; else undefined. */
+function pjsipGlobalAclNote(sections: ConfigSection[]): string | undefined {
+  const acl = sections.find((section) =>
+    sectionType(section) === "acl" && aclExposure(section) !== "anywhere"
+  );
+  return acl ? `the [${acl.name}] type=acl section` : undefined;
+}
+
+function entryRestriction(
+  section: ConfigSection,
+  globalAcl: string | undefined,
+): { restrictedBy?: string } {
+  const exposure = aclExposure(section);
+  if (exposure === "restricted") return { restrictedBy: "its permit= list" };
+  if (exposure === "unknown") return { restrictedBy: `its acl=${lastValue(section, "acl")}` };
+  return globalAcl ? { restrictedBy: globalAcl } : {};
+}
+
+/**
+ * Accounts that need no password: chan_sip friends/users (or dynamic peers) and IAX2 users with
+ * no secret, and PJSIP endpoints without auth= that are identified by username; only when no
+ * address list narrows who can use them.
+ */
+export function checkMissingSecrets(config: AsteriskConfig): AuditFinding[] {
+  const sipDefault = lastValue(mergedSection(config.sip, "general"), "context") || "default";
+  return [
+    ...realSections(config.sip).flatMap((peer) => sipPeerWithoutSecret(peer, sipDefault, config)),
+    ...realSections(config.iax).flatMap((user) => iaxUserWithoutSecret(user, config)),
+    ...pjsipEndpointsWithoutAuth(config),
+  ];
+}
+
+function sipPeerWithoutSecret(
+  peer: ConfigSection,
+  defaultContext: string,
+  config: AsteriskConfig,
+): AuditFinding[] {
+  const type = sectionType(peer);
+  const dynamic = (lastValue(peer, "host") ?? "").toLowerCase() === "dynamic";
+  const takesCalls = type === "friend" || type === "user" || (type === "peer" && dynamic);
+  if (peer.name === "general" || !takesCalls) return [];
+  if (lastEntry(peer, "secret") || lastEntry(peer, "md5secret")) return [];
+  if (aclExposure(peer) !== "anywhere") return [];
+  return entryFindings({
+    who: `chan_sip ${type} '${peer.name}' has no secret and no permit= list, so anyone can ` +
+      "register or call as it",
+    context: lastValue(peer, "context") || defaultContext,
+    where: peer,
+    chainStart: entryStepText(peer, `[${peer.name}] type=${type}, no secret`),
+    critical: "no-secret-reaches-dialout",
+    warning: "no-secret",
+    fix: "give it a long random secret (and deny/permit lines), or remove it",
+  }, config);
+}
+
+function iaxUserWithoutSecret(user: ConfigSection, config: AsteriskConfig): AuditFinding[] {
+  const type = sectionType(user);
+  if (user.name === "general" || (type !== "user" && type !== "friend")) return [];
+  const secretKeys = ["secret", "md5secret", "dbsecret", "inkeys"];
+  if (secretKeys.some((key) => lastEntry(user, key))) return [];
+  if (aclExposure(user) !== "anywhere") return [];
+  const contexts = user.entries.filter((entry) => entry.key === "context").map((e) => e.value);
+  return (contexts.length > 0 ? contexts : ["default"]).flatMap((context) =>
+    entryFindings({
+      who:
+        `IAX2 ${type} '${user.name}' has no secret and no permit= list, so anyone can call as it`,
+      context,
+      where: user,
+      chainStart: entryStepText(user, `[${user.name}] type=${type}, no secret`),
+      critical: "no-secret-reaches-dialout",
+      warning: "no-secret",
+      fix: "add a long random secret, or remove the user if you do not want IAX2 guests",
+    }, config)
+  );
+}
+
+function pjsipEndpointsWithoutAuth(config: AsteriskConfig): AuditFinding[] {
+  const sections = realSections(config.pjsip);
+  const globalAcl = pjsipGlobalAclNote(sections);
+  return sections.flatMap((endpoint) => {
+    if (sectionType(endpoint) !== "endpoint" || endpoint.name === "anonymous") return [];
+    if (lastEntry(endpoint, "auth") || globalAcl || aclExposure(endpoint) !== "anywhere") return [];
+    const identifyBy = (lastValue(endpoint, "identify_by") ?? "username,ip").toLowerCase();
+    if (!identifyBy.split(",").some((method) => method.trim().endsWith("username"))) return [];
+    return entryFindings({
+      who: `PJSIP endpoint '${endpoint.name}' has no auth= and is identified by username, so ` +
+        `anyone who sends From: ${endpoint.name} gets in`,
+      context: lastValue(endpoint, "context") || "default",
+      where: endpoint,
+      chainStart: entryStepText(endpoint, `[${endpoint.name}] type=endpoint, no auth=`),
+      critical: "no-secret-reaches-dialout",
+      warning: "no-secret",
+      fix: "add auth=, or for a trunk set identify_by=ip with an identify for its addresses",
+    }, config);
+  });
+}
+
+/** chan_sip `alwaysauthreject=no` lets scanners tell which accounts exist. */
+export function checkAlwaysAuthReject(config: AsteriskConfig): AuditFinding[] {
+  const setting = lastEntry(mergedSection(config.sip, "general"), "alwaysauthreject");
+  if (!setting || isTrue(setting.value)) return [];
+  return [makeFinding(
+    "warning",
+    "alwaysauthreject-off",
+    setting,
+    `alwaysauthreject=${setting.value} makes chan_sip answer differently for accounts that ` +
+      "exist, so scanners list your extensions before guessing their passwords; set " +
+      "alwaysauthreject=yes.",
+  )];
+}
+
+/** chan_sip peers with `insecure=invite` (calls taken without a password) and no permit= list. */
+export function checkInsecureInvite(config: AsteriskConfig): AuditFinding[] {
+  return realSections(config.sip).flatMap((peer) => {
+    const insecure = lastEntry(peer, "insecure");
+    const values = (insecure?.value ?? "").toLowerCase().split(",").map((value) => value.trim());
+    if (!insecure || !(values.includes("invite") || values.includes("very"))) return [];
+    if (aclExposure(peer) !== "anywhere") return [];
+    return [makeFinding(
+      "warning",
+      "insecure-invite",
+      insecure,
+      `Peer '${peer.name}' has insecure=${insecure.value} and no permit= list, so INVITEs that ` +
+        "match it are taken without a password; add deny=0.0.0.0/0.0.0.0 and " +
+        "permit=<your provider's address>, or drop insecure=invite.",
+    )];
+  });
+}
+
+/** Weak `secret=` (sip.conf, iax.conf) and `password=` (pjsip.conf auth sections). */
+export function checkWeakSecrets(config: AsteriskConfig): AuditFinding[] {
+  const accounts = [
+    ...channelSecrets(config.sip, "chan_sip"),
+    ...channelSecrets(config.iax, "IAX2"),
+    ...pjsipSecrets(config.pjsip),
+  ];
+  const seen = new Set<string>();
+  return accounts.flatMap((account) => {
+    const reasons = weakSecretReasons(account.secret.value, account.names);
+    const key = `${account.secret.file}:${account.secret.line}`;
+    if (reasons.length === 0 || seen.has(key)) return [];
+    seen.add(key);
+    const from = account.secret.inheritedFrom
+      ? ` (set in template '${account.secret.inheritedFrom}')`
+      : "";
+    return [makeFinding(
+      "warning",
+      "weak-secret",
+      account.secret,
+      `${account.label} has a weak ${account.secret.key}${from}: ${reasons.join(", ")}; ` +
+        "scanners guess such passwords in minutes, use a random one of 16 characters or more.",
+    )];
+  });
+}
+
+type SecretAccount = { label: string; secret: ConfigEntry; names: string[] };
+
+function channelSecrets(file: ConfigFile | undefined, channel: string): SecretAccount[] {
+  return realSections(file).flatMap((section) => {
+    const secret = lastEntry(section, "secret");
+    if (section.name === "general" || !secret) return [];
+    const names = [section.name, lastValue(section, "username"), lastValue(section, "defaultuser")];
+    return [{
+      label: `${channel} ${sectionType(section) || "account"} '${section.name}'`,
+      secret,
+      names: names.filter((name): name is string => name !== undefined),
+    }];
+  });
+}
+
+function pjsipSecrets(file: ConfigFile | undefined): SecretAccount[] {
+  const sections = realSections(file);
+  return sections.flatMap((auth) => {
+    const password = lastEntry(auth, "password");
+    if (sectionType(auth) !== "auth" || !password) return [];
+    if ((lastValue(auth, "auth_type") ?? "userpass").toLowerCase() === "md5") return [];
+    const users = sections
+      .filter((endpoint) => sectionType(endpoint) === "endpoint")
+      .filter((endpoint) =>
+        [lastValue(endpoint, "auth"), lastValue(endpoint, "outbound_auth")].includes(auth.name)
+      )
+      .map((endpoint) => endpoint.name);
+    const username = lastValue(auth, "username");
+    return [{
+      label: `PJSIP auth '${auth.name}'`,
+      secret: password,
+      names: [auth.name, ...users, ...(username === undefined ? [] : [username])],
+    }];
+  });
+}
+
+/** manager.conf: AMI users that anyone can try (no permit= list), and their weak secrets. */
+export function checkAmi(config: AsteriskConfig): AuditFinding[] {
+  const general = mergedSection(config.manager, "general");
+  if (!config.manager || !isTrue(lastValue(general, "enabled"))) return [];
+  const listening = [lastValue(general, "bindaddr") ?? "0.0.0.0"];
+  if (isTrue(lastValue(general, "tlsenable"))) {
+    listening.push(lastValue(general, "tlsbindaddr") ?? "0.0.0.0");
+  }
+  const exposedOn = listening.filter((address) => !isLoopback(address));
+  return realSections(config.manager).flatMap((user) => {
+    const secret = lastEntry(user, "secret");
+    if (user.name === "general" || !secret) return [];
+    const reasons = weakSecretReasons(secret.value, [user.name]);
+    const open = exposedOn.length > 0 && aclExposure(user) === "anywhere";
+    const reach = `AMI user '${user.name}' can log in from any address (manager listens on ` +
+      `${exposedOn.join(" and ")} and ${describeAcl(user)})`;
+    if (open && reasons.length > 0) {
+      return [makeFinding(
+        "critical",
+        "ami-open-weak-secret",
+        secret,
+        `${reach} and its secret is weak (${reasons.join(", ")}): whoever guesses it controls ` +
+          "the PBX and can place calls; set bindaddr=127.0.0.1 or deny=0.0.0.0/0.0.0.0 with " +
+          "permit=<admin hosts>, and a random secret of 16 characters or more.",
+      )];
+    }
+    if (open) {
+      return [makeFinding(
+        "warning",
+        "ami-open-permit",
+        user,
+        `${reach}; add deny=0.0.0.0/0.0.0.0 and permit=<the hosts that need AMI>, or set ` +
+          "bindaddr=127.0.0.1.",
+      )];
+    }
+    if (reasons.length === 0) return [];
+    return [makeFinding(
+      "warning",
+      "weak-secret",
+      secret,
+      `AMI user '${user.name}' has a weak secret: ${reasons.join(", ")}; anyone on an allowed ` +
+        "address can guess it, use a random one of 16 characters or more.",
+    )];
+  });
+}
+
+function isLoopback(address: string): boolean {
+  const host = address.trim().replace(/^\[([^\]]*)\].*$/, "$1").replace(/^([\d.]+):\d+$/, "$1");
+  return host.startsWith("127.") || host === "::1" || host.toLowerCase() === "localhost";
+}
+
+function describeAcl(section: ConfigSection): string {
+  return aclRules(section).length === 0
+    ? "it has no deny/permit lines"
+    : "its deny/permit lines let every address in";
+}
+
+/** `Authenticate(1234)` and `DISA(1234,...)`: one PIN shared by everyone. */
+export function checkSharedPins(config: AsteriskConfig): AuditFinding[] {
+  const findings: AuditFinding[] = [];
+  for (const context of config.dialplan.contexts.values()) {
+    for (const step of context.extensions.flatMap((extension) => extension.steps)) {
+      const app = step.app.toLowerCase();
+      if (app !== "authenticate" && app !== "disa") continue;
+      const pin = splitArgs(step.data)[0] ?? "";
+      const literal = pin !== "" && !pin.startsWith("/") && !isUnresolved(pin);
+      if (!literal || pin.toLowerCase() === "no-password") continue;
+      findings.push(makeFinding("info", "shared-pin", step, sharedPinMessage(step, pin)));
+    }
+  }
+  return findings;
+}
+
+function sharedPinMessage(step: DialplanStep, pin: string): string {
+  const digits = /^\d+$/.test(pin);
+  const kind = digits ? `${pin.length}-digit PIN` : "password";
+  const guess = digits && pin.length <= 6 ? ` (at most ${10 ** pin.length} tries)` : "";
+  return `${step.app}() in [${step.context}] asks every caller for the same ${kind}: it stops ` +
+    `callers who do not know it, but not anyone who heard or guessed it${guess}, and no record ` +
+    "says who used it; prefer per-device SIP passwords and a context only those devices reach.";
+}
+
+/** ACLs defined in acl.conf (`acl=name`) are not read: say so instead of guessing. */
+export function checkNamedAcls(config: AsteriskConfig): AuditFinding[] {
+  const files = [config.sip, config.pjsip, config.iax, config.manager];
+  return files.flatMap((file) =>
+    realSections(file).flatMap((section) => {
+      const acl = lastEntry(section, "acl");
+      if (!acl) return [];
+      return [makeFinding(
+        "info",
+        "unresolved",
+        acl,
+        `[${section.name}] uses acl=${acl.value} from acl.conf, which sipcheck does not read, ` +
+          "so it treats the section as restricted; make sure that ACL denies unknown addresses.",
+      )];
+    })
+  );
+}
+
+/** extensions.ael and extensions.lua are out of scope: say that their dialplan was not checked. */
+export function checkUnreadDialplans(config: AsteriskConfig): AuditFinding[] {
+  return config.unreadDialplans.map((file) =>
+    makeFinding(
+      "info",
+      "unresolved",
+      { file, line: 0 },
+      `${file} exists but sipcheck does not read it, so dial-outs defined there were not checked; ` +
+        "review them by hand.",
+    )
+  );
+}
+
+/** Every check, in the order they run. */
+export const AUDIT_CHECKS: ReadonlyArray<(config: AsteriskConfig) => AuditFinding[]> = [
+  checkParseProblems,
+  checkSipGuests,
+  checkPjsipAnonymous,
+  checkMissingSecrets,
+  checkAlwaysAuthReject,
+  checkInsecureInvite,
+  checkWeakSecrets,
+  checkAmi,
+  checkSharedPins,
+  checkNamedAcls,
+  checkUnreadDialplans,
+];
+
+/** Runs every check and returns the findings without duplicates, most severe first. */
+export function runAuditChecks(config: AsteriskConfig): AuditFinding[] {
+  const seen = new Set<string>();
+  const unique = AUDIT_CHECKS.flatMap((check) => check(config)).filter((item) => {
+    const key = [item.code, item.file, item.line, item.message].join("|");
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+  return sortFindings(unique);
+}
+
+const SEVERITY_ORDER: Record<AuditSeverity, number> = { critical: 0, warning: 1, info: 2 };
+
+function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** Sorts by severity, then file, line and code. */
+export function sortFindings(findings: AuditFinding[]): AuditFinding[] {
+  return [...findings].sort((a, b) =>
+    SEVERITY_ORDER[a.severity] - SEVERITY_ORDER[b.severity] ||
+    compareText(a.file, b.file) || a.line - b.line || compareText(a.code, b.code)
+  );
+}
+
+// ----- Output -----------------------------------------------------------------------------
+
+/** CRITICAL if any finding is critical, WARNING if any is a warning, else OK. */
+export function auditStatus(findings: AuditFinding[]): AuditStatus {
+  if (findings.some((item) => item.severity === "critical")) return "CRITICAL";
+  if (findings.some((item) => item.severity === "warning")) return "WARNING";
+  return "OK";
+}
+
+/** The monitoring-plugin exit code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. */
+export function auditExitCode(status: AuditStatus): number {
+  return { OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3 }[status];
+}
+
+/** The plugin status line, e.g. `SIPCHECK AUDIT CRITICAL - 2 critical, 1 warning`. */
+export function auditStatusLine(findings: AuditFinding[]): string {
+  const count = (severity: AuditSeverity) =>
+    findings.filter((item) => item.severity === severity).length;
+  const warnings = count("warning");
+  const infos = count("info");
+  const summary = `${count("critical")} critical, ${warnings} warning${warnings === 1 ? "" : "s"}` +
+    (infos > 0 ? `, ${infos} info` : "");
+  return `SIPCHECK AUDIT ${auditStatus(findings)} - ${summary}`;
+}
+
+/** Human output: the status line, then the findings grouped by severity. */
+export function formatAuditText(findings: AuditFinding[], configDir: string): string {
+  const lines = [auditStatusLine(findings), `Config: ${configDir}`];
+  for (const severity of ["critical", "warning", "info"] as const) {
+    const group = findings.filter((item) => item.severity === severity);
+    if (group.length === 0) continue;
+    lines.push("", severity.toUpperCase());
+    for (const item of group) {
+      const where = item.line > 0 ? `${item.file}:${item.line}` : item.file;
+      lines.push(`  ${where} [${item.code}] ${item.message}`);
+      for (const step of item.chain ?? []) lines.push(`      -> ${step}`);
+    }
+  }
+  if (findings.length === 0) lines.push("", "No findings.");
+  return lines.join("\n") + "\n";
+}
+
+/** JSON output: `{ status, findings: [{ severity, code, file, line, message, chain? }] }`. */
+export function formatAuditJson(findings: AuditFinding[]): string {
+  return JSON.stringify({ status: auditStatus(findings), findings }, null, 2) + "\n";
+}
+
+// ----- The command ---------------------------------------------------------------------------
+
+/** Where `audit` writes; each call gets complete text, newline included. */
+export type AuditIo = { stdout(s: string): void; stderr(s: string): void };
+
+/** The usage line of the audit subcommand. */
+export const AUDIT_USAGE = "usage: sipcheck audit [--config-dir DIR] [--json]";
+
+/** The config dir used when --config-dir is not given. */
+export const DEFAULT_CONFIG_DIR = "/etc/asterisk";
+
+function firstLineOf(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  return text.split("\n")[0].split(". ")[0].trim();
+}
+
+/**
+ * `sipcheck audit [--config-dir DIR] [--json]` (argv without the word "audit"). Returns the exit
+ * code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (bad usage, unreadable config dir, or an
+ * unexpected error). Never throws.
+ */
+export async function audit(argv: string[], io: AuditIo): Promise<number> {
+  try {
+    let options: { configDir: string; json: boolean; help: boolean };
+    try {
+      const { values } = parseArgs({
+        args: argv,
+        options: {
+          "config-dir": { type: "string" },
+          json: { type: "boolean" },
+          help: { type: "boolean", short: "h" },
+        },
+        strict: true,
+        allowPositionals: false,
+      });
+      options = {
+        configDir: values["config-dir"] ?? DEFAULT_CONFIG_DIR,
+        json: values.json ?? false,
+        help: values.help ?? false,
+      };
+    } catch (error) {
+      io.stderr(`sipcheck: audit: ${firstLineOf(error)} (${AUDIT_USAGE})\n`);
+      return 3;
+    }
+    if (options.help) {
+      io.stdout(`${AUDIT_USAGE}\n`);
+      return 0;
+    }
+    if (options.configDir === "") {
+      io.stderr(`sipcheck: audit: --config-dir needs a directory (${AUDIT_USAGE})\n`);
+      return 3;
+    }
+    return await runAudit(resolve(options.configDir), options.json, io);
+  } catch (error) {
+    io.stderr(`sipcheck: audit: unexpected error: ${firstLineOf(error)}\n`);
+    return 3;
+  }
+}
+
+async function runAudit(configDir: string, json: boolean, io: AuditIo): Promise<number> {
+  try {
+    await readdir(configDir);
+  } catch (error) {
+    const code = (error as { code?: string }).code ?? firstLineOf(error);
+    return printUnknownStatus(`cannot read config dir ${configDir} (${code})`, json, io);
+  }
+  const config = loadAsteriskConfig(configDir, diskSource());
+  if (!hasAnyConfig(config)) {
+    return printUnknownStatus(`no ${AUDITED_FILES.join(", ")} in ${configDir}`, json, io);
+  }
+  const findings = runAuditChecks(config);
+  io.stdout(json ? formatAuditJson(findings) : formatAuditText(findings, configDir));
+  return auditExitCode(auditStatus(findings));
+}
+
+function printUnknownStatus(reason: string, json: boolean, io: AuditIo): number {
+  io.stdout(
+    json
+      ? JSON.stringify({ status: "UNKNOWN", findings: [], error: reason }, null, 2) + "\n"
+      : `SIPCHECK AUDIT UNKNOWN - ${reason}\n`,
+  );
+  return 3;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Command line
 // ---------------------------------------------------------------------------------------------
 
@@ -1621,6 +3933,8 @@ Usage:
   sipcheck.ts [options] [LOG ...]   scan LOGs, ban every address with >= ${THRESHOLD} failures
   sipcheck.ts clear                  remove every rule sipcheck added, and nothing else
   sipcheck.ts list                   print the addresses sipcheck bans now
+  sipcheck.ts audit [--config-dir DIR] [--json]
+                                     look for toll-fraud holes in Asterisk's configuration
 
 LOG defaults to ${LOG_DIR}/messages (messages.log if only that exists); a bare
 name is looked up in ${LOG_DIR}; "-" reads standard input. Several logs add up.
@@ -1636,6 +3950,7 @@ Options:
 
 Exit codes: 0 done, 64 usage error, 66 a log could not be read, 69 iptables missing
 or failed, 75 another sipcheck holds the lock, 77 not root, 1 unexpected error.
+audit: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the monitoring-plugin convention).
 `;
 
 /** The options of every command. */
@@ -1880,6 +4195,12 @@ export async function main(
   overrides: Partial<Deps> = {},
 ): Promise<number> {
   const deps: Deps = { ...REAL_DEPS, ...overrides };
+  if (argv[0] === "audit") {
+    return await audit([...argv.slice(1)], {
+      stdout: (text) => void deps.stdout(text),
+      stderr: deps.stderr,
+    });
+  }
   let locked = false;
   try {
     const options = parseOptions(argv);

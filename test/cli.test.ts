@@ -207,7 +207,7 @@ describe(
       for (const flag of flags) {
         assert.match(flag, /^--(no-prompt|allow-(read|write|run|sys)=\S+)$/, flag);
       }
-      assert.ok(flags.includes("--allow-read=/var/log/asterisk,/run/sipcheck.lock"));
+      assert.ok(flags.includes("--allow-read=/var/log/asterisk,/run/sipcheck.lock,/etc/asterisk"));
     });
     test("are enough for help, a dry run of standard input, and a clear refusal elsewhere", () => {
       const help = run(cliCommand(["--help"], flags));
