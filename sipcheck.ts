@@ -1026,11 +1026,11 @@ function detach(text: string): string {
 }
 
 /**
- * Counts one failure. A PJSIP `after N tries` line stands for the requests since the previous
- * such line from that address (N − last, or N when a new window starts), at most
- * {@link TRIES_STEP_MAX}.
+ * Counts one failure and returns how many it counted: a PJSIP `after N tries` line stands for
+ * the requests since the previous such line from that address (N − last, or N when a new window
+ * starts), at most {@link TRIES_STEP_MAX}; any other line for one.
  */
-export function addFailure(tally: Tally, address: string, tries?: number): void {
+export function addFailure(tally: Tally, address: string, tries?: number): number {
   let step = 1;
   if (tries !== undefined) {
     const last = tally.lastTries.get(address) ?? 0;
@@ -1041,6 +1041,7 @@ export function addFailure(tally: Tally, address: string, tries?: number): void 
   tally.counts.set(address, (count ?? 0) + step);
   if (tries !== undefined) tally.lastTries.set(address, tries);
   tally.failures += step;
+  return step;
 }
 
 /** How far into a line the source file name may be. */
@@ -1076,7 +1077,8 @@ function mayHoldFailure(s: string, start: number, end: number): boolean {
 
 /** A log reader that counts failures as bytes arrive, in bounded memory. */
 export interface Scanner {
-  /** Feeds the next bytes of the log. */
+  /** Feeds the next bytes of the log; every complete line in them is read at once (an incomplete
+   * last line waits for the rest). */
   write(bytes: Uint8Array): void;
   /** Reads up to a chunk straight from a file descriptor; returns the bytes read (0 at end). */
   readFrom(fd: number): number;
@@ -1091,7 +1093,10 @@ export interface Scanner {
  * within {@link OPEN_HEAD_WINDOW} bytes after an open head are not counted unless they name the
  * open head's own address.
  */
-export function createScanner(tally: Tally, onFailure?: (failure: Failure) => void): Scanner {
+export function createScanner(
+  tally: Tally,
+  onFailure?: (failure: Failure, counted: number) => void,
+): Scanner {
   const buffer = Buffer.allocUnsafe(CHUNK_SIZE + MAX_LINE + 1);
   let used = 0; // bytes in buffer
   let offset = 0; // log offset of buffer[0]
@@ -1116,8 +1121,8 @@ export function createScanner(tally: Tally, onFailure?: (failure: Failure) => vo
       suppressFor = failure.address;
     }
     if (failure.address === null) return;
-    addFailure(tally, failure.address, failure.tries);
-    onFailure?.(failure);
+    const counted = addFailure(tally, failure.address, failure.tries);
+    onFailure?.(failure, counted);
   }
 
   /** Counts and reads the lines of `s` (one more than its line feeds), from log offset `base`. */
@@ -1184,7 +1189,7 @@ export function createScanner(tally: Tally, onFailure?: (failure: Failure) => vo
         buffer.set(bytes.subarray(pos, pos + n), used);
         used += n;
         pos += n;
-        if (used === buffer.length) drain(false);
+        drain(false);
       }
     },
     readFrom(fd) {
