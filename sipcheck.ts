@@ -38,6 +38,7 @@ import { spawnSync } from "node:child_process";
 import {
   closeSync,
   existsSync,
+  fstatSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -47,10 +48,11 @@ import {
 } from "node:fs";
 import { readdir } from "node:fs/promises";
 import { isIP } from "node:net";
-import { networkInterfaces } from "node:os";
+import { availableParallelism, networkInterfaces } from "node:os";
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
+import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 
 // ---------------------------------------------------------------------------------------------
 // Constants a person may want to edit
@@ -431,10 +433,20 @@ const WATCHED_FILES = [
   "res_security_log.c",
 ] as const;
 
-/** The levels above by their first letter. */
-const LEVEL_BY_INITIAL: Record<number, string> = Object.fromEntries(
-  LEVELS.map((level) => [level.charCodeAt(0), level]),
-);
+/** The level of LEVELS that starts with this character code, if any. */
+function levelStartingWith(c: number): string | undefined {
+  switch (c) {
+    case 78: // N
+      return "NOTICE";
+    case 87: // W
+      return "WARNING";
+    case 83: // S
+      return "SECURITY";
+    case 69: // E
+      return "ERROR";
+  }
+  return undefined;
+}
 
 /** A prefix that is well formed but names a level or file sipcheck does not read. */
 const IRRELEVANT: Prefix = Object.freeze({ level: "", file: "", body: 0 });
@@ -447,11 +459,15 @@ function levelAt(s: string, start: number, end: number): string {
   return "";
 }
 
+/** WATCHED_FILES by length. */
+const WATCHED_BY_LENGTH: string[][] = [];
+for (const file of WATCHED_FILES) (WATCHED_BY_LENGTH[file.length] ??= []).push(file);
+
 /** The watched file named at s[start, end), or `""`. */
 function watchedFileAt(s: string, start: number, end: number): string {
-  for (const file of WATCHED_FILES) {
-    if (file.length === end - start && s.startsWith(file, start)) return file;
-  }
+  const candidates = WATCHED_BY_LENGTH[end - start];
+  if (candidates === undefined) return "";
+  for (const file of candidates) if (s.startsWith(file, start)) return file;
   return "";
 }
 
@@ -469,7 +485,7 @@ function readFilePrefix(s: string, start: number, end: number): Prefix | null {
   if (dateEnd === -1 || dateEnd + 1 >= end || s.charCodeAt(dateEnd + 1) !== 32) return null;
   let p = dateEnd + 2;
   // Most lines are VERBOSE or DEBUG: one look at the level's first letter settles them.
-  const level = LEVEL_BY_INITIAL[s.charCodeAt(p)];
+  const level = levelStartingWith(s.charCodeAt(p));
   if (level === undefined || !s.startsWith(level, p)) return IRRELEVANT;
   p += level.length;
   if (s.charCodeAt(p) === 32) p++;
@@ -1031,17 +1047,48 @@ function detach(text: string): string {
  * starts), at most {@link TRIES_STEP_MAX}; any other line for one.
  */
 export function addFailure(tally: Tally, address: string, tries?: number): number {
-  let step = 1;
-  if (tries !== undefined) {
-    const last = tally.lastTries.get(address) ?? 0;
-    step = Math.max(1, Math.min(tries > last ? tries - last : tries, TRIES_STEP_MAX));
-  }
+  const step = tries === undefined ? 1 : triesStep(tries, tally.lastTries.get(address) ?? 0);
   const count = tally.counts.get(address);
   if (count === undefined) address = detach(address);
   tally.counts.set(address, (count ?? 0) + step);
   if (tries !== undefined) tally.lastTries.set(address, tries);
   tally.failures += step;
   return step;
+}
+
+/** How much a PJSIP `after N tries` line counts when the previous one from its address said `last`
+ * (0 for none). */
+function triesStep(tries: number, last: number): number {
+  return Math.max(1, Math.min(tries > last ? tries - last : tries, TRIES_STEP_MAX));
+}
+
+/**
+ * Adds the tally of the next part of a log to the tally of the parts before it, exactly as if one
+ * scanner had read them all: the first `after N tries` line of each address in the part is
+ * counted again against the last one before the part.
+ */
+export function joinTally(
+  into: Tally,
+  next: Tally,
+  firstTries: ReadonlyMap<string, FirstTries>,
+): void {
+  for (const [address, first] of firstTries) {
+    const last = into.lastTries.get(address);
+    if (last === undefined) continue;
+    const correction = triesStep(first.tries, last) - first.counted;
+    next.counts.set(address, (next.counts.get(address) ?? 0) + correction);
+    next.failures += correction;
+  }
+  for (const [address, count] of next.counts) {
+    into.counts.set(address, (into.counts.get(address) ?? 0) + count);
+  }
+  for (const [address, tries] of next.lastTries) into.lastTries.set(address, tries);
+  into.lines += next.lines;
+  into.failures += next.failures;
+  into.longLines += next.longLines;
+  into.openHeads += next.openHeads;
+  into.suppressed += next.suppressed;
+  into.ambiguous += next.ambiguous;
 }
 
 /** How far into a line the source file name may be. */
@@ -1080,48 +1127,86 @@ export interface Scanner {
   /** Feeds the next bytes of the log; every complete line in them is read at once (an incomplete
    * last line waits for the rest). */
   write(bytes: Uint8Array): void;
-  /** Reads up to a chunk straight from a file descriptor; returns the bytes read (0 at end). */
-  readFrom(fd: number): number;
+  /** Reads up to a chunk (at most `limit` bytes) straight from a file descriptor, at `position`
+   * or where the file stands; returns the bytes read (0 at the end). */
+  readFrom(fd: number, position?: number, limit?: number): number;
   /** Ends the log: a last line without a line feed is read too. */
   end(): void;
 }
 
 /**
+ * Where a scanner starts in a log that is read in several parts at once: lines that start before
+ * `countFrom` belong to the part before, and are read only for their open heads (whose windows
+ * reach into this part). The scanner's first byte is at `offset`, which may be inside a line.
+ */
+export interface ScanPart {
+  offset: number;
+  countFrom: number;
+  /** Filled with the first `after N tries` line counted per address, to be corrected when the
+   * parts are joined (see {@link joinTally}). */
+  firstTries: Map<string, FirstTries>;
+}
+
+/** An address's first `after N tries` line in a part, and what it counted for. */
+export interface FirstTries {
+  tries: number;
+  counted: number;
+}
+
+/** Bytes before a part that its scanner reads for open heads: a window and a longest line. */
+export const PART_LOOKBACK = OPEN_HEAD_WINDOW + MAX_LINE + 2;
+
+/**
  * Creates a scanner that adds what it reads to `tally`. Lines are split on LF only and decoded
  * as Latin-1 (one character per byte, so no byte sequence can stop a scan); lines over
- * {@link MAX_LINE} bytes are skipped without being held in memory; failure lines that start
- * within {@link OPEN_HEAD_WINDOW} bytes after an open head are not counted unless they name the
- * open head's own address.
+ * {@link MAX_LINE} bytes are skipped without being held in memory. Every open head opens a window
+ * of {@link OPEN_HEAD_WINDOW} bytes after it; a failure line that starts inside a window is not
+ * counted unless every window it is in belongs to a head with the same address (a caller can
+ * only frame itself). Whether a line is counted depends only on the 16 KB before it, so a log
+ * can be read in parts at once with the same result (see {@link ScanPart}).
  */
 export function createScanner(
   tally: Tally,
   onFailure?: (failure: Failure, counted: number) => void,
+  part?: ScanPart,
 ): Scanner {
   const buffer = Buffer.allocUnsafe(CHUNK_SIZE + MAX_LINE + 1);
   let used = 0; // bytes in buffer
-  let offset = 0; // log offset of buffer[0]
-  let skipping = false; // inside a line longer than MAX_LINE
-  let suppressUntil = -1; // log offset before which failure lines may be forged
-  let suppressFor: string | null = null; // the open head's address, still counted there
+  let offset = part?.offset ?? 0; // log offset of buffer[0]
+  const countFrom = part?.countFrom ?? 0;
+  // Inside a line longer than MAX_LINE (or, at a part's first byte, a line of the part before).
+  let skipping = offset > 0 && offset < countFrom;
+  let skippingCounts = !skipping;
+  /** Open heads' windows, oldest first: where each ends, and the head's address. */
+  const windows: { end: number; address: string | null }[] = [];
+
+  /** True when a failure line at `lineStart` naming `address` lies in someone else's window. */
+  function inForeignWindow(lineStart: number, address: string | null): boolean {
+    while (windows.length > 0 && windows[0].end <= lineStart) windows.shift();
+    return windows.some((window) => window.address === null || window.address !== address);
+  }
 
   function record(failure: Failure, lineStart: number, lineEnd: number): void {
+    const counting = lineStart >= countFrom;
+    const hidden = windows.length > 0 && inForeignWindow(lineStart, failure.address);
+    if (failure.openHead) {
+      windows.push({ end: lineEnd + 1 + OPEN_HEAD_WINDOW, address: failure.address });
+      if (counting) tally.openHeads++;
+    }
+    if (!counting) return;
     if (failure.ambiguous) {
       tally.ambiguous++;
       return;
     }
-    if (
-      lineStart < suppressUntil && (failure.address === null || failure.address !== suppressFor)
-    ) {
-      if (failure.address !== null) tally.suppressed++;
+    if (failure.address === null) return;
+    if (hidden) {
+      tally.suppressed++;
       return;
     }
-    if (failure.openHead) {
-      tally.openHeads++;
-      suppressUntil = lineEnd + 1 + OPEN_HEAD_WINDOW;
-      suppressFor = failure.address;
-    }
-    if (failure.address === null) return;
     const counted = addFailure(tally, failure.address, failure.tries);
+    if (failure.tries !== undefined && part && !part.firstTries.has(failure.address)) {
+      part.firstTries.set(detach(failure.address), { tries: failure.tries, counted });
+    }
     onFailure?.(failure, counted);
   }
 
@@ -1131,9 +1216,10 @@ export function createScanner(
     for (let start = 0;;) {
       let end = s.indexOf("\n", start);
       if (end === -1) end = length;
-      tally.lines++;
-      if (end - start > MAX_LINE) tally.longLines++;
-      else {
+      if (base + start >= countFrom) tally.lines++;
+      if (end - start > MAX_LINE) {
+        if (base + start >= countFrom) tally.longLines++;
+      } else {
         const failure = readLineAt(s, start, end);
         if (failure) record(failure, base + start, base + end);
       }
@@ -1147,19 +1233,22 @@ export function createScanner(
     let start = 0;
     if (skipping) {
       const lf = buffer.subarray(0, used).indexOf(10);
-      if (lf === -1) {
+      if (lf === -1 && !final) {
         offset += used;
         used = 0;
-        if (final) {
-          skipping = false;
-          tally.lines++;
-          tally.longLines++;
-        }
         return;
       }
       skipping = false;
-      tally.lines++;
-      tally.longLines++;
+      if (skippingCounts) {
+        tally.lines++;
+        tally.longLines++;
+      }
+      skippingCounts = true;
+      if (lf === -1) {
+        offset += used;
+        used = 0;
+        return;
+      }
       start = lf + 1;
     }
     const lastLf = used > start ? buffer.subarray(start, used).lastIndexOf(10) : -1;
@@ -1192,8 +1281,8 @@ export function createScanner(
         drain(false);
       }
     },
-    readFrom(fd) {
-      const n = readSync(fd, buffer, used, buffer.length - used, null);
+    readFrom(fd, position, limit = Infinity) {
+      const n = readSync(fd, buffer, used, Math.min(buffer.length - used, limit), position ?? null);
       used += n;
       if (n > 0) drain(false);
       return n;
@@ -1519,14 +1608,101 @@ export function defaultLog(exists: (path: string) => boolean = pathExists): stri
   return !exists(classic) && exists(modern) ? modern : classic;
 }
 
-/** Scans a file through the scanner; throws on open or read errors. */
-function scanFile(path: string, scanner: Scanner): void {
-  const fd = openSync(path, "r");
+/** Files at least this large are read in parts, on several cores at once. */
+export const PARALLEL_MIN = 64 << 20;
+/** Threads that read one file at most. */
+const PARALLEL_MAX = 4;
+
+/** Part boundaries of an open file: `count` starts, each right after a line feed. */
+function partStarts(fd: number, size: number, count: number): number[] {
+  const starts = [0];
+  const probe = Buffer.allocUnsafe(64 << 10);
+  for (let k = 1; k < count; k++) {
+    let position = Math.floor((size * k) / count);
+    for (;;) {
+      const n = readSync(fd, probe, 0, probe.length, position);
+      if (n === 0) return starts;
+      const lf = probe.subarray(0, n).indexOf(10);
+      if (lf !== -1) {
+        position += lf + 1;
+        break;
+      }
+      position += n;
+    }
+    if (position >= size) break;
+    if (position > starts[starts.length - 1]) starts.push(position);
+  }
+  return starts;
+}
+
+/** What a worker thread reads of a file. */
+interface PartJob {
+  path: string;
+  offset: number;
+  countFrom: number;
+  /** Where to stop; null to read to the end. */
+  to: number | null;
+}
+
+/** What a worker thread sends back. */
+interface PartResult {
+  tally: Tally;
+  firstTries: Map<string, FirstTries>;
+}
+
+/** Reads one part of a file (used by worker threads, and by the main thread for the first). */
+function scanPart(job: PartJob, tally: Tally, firstTries: Map<string, FirstTries>): void {
+  const fd = openSync(job.path, "r");
   try {
-    while (scanner.readFrom(fd) > 0);
+    const scanner = createScanner(tally, undefined, { ...job, firstTries });
+    for (let position = job.offset; job.to === null || position < job.to;) {
+      const n = scanner.readFrom(fd, position, job.to === null ? Infinity : job.to - position);
+      if (n === 0) break;
+      position += n;
+    }
     scanner.end();
   } finally {
     closeSync(fd);
+  }
+}
+
+/** Runs {@link scanPart} in a worker thread running this same file. */
+function scanPartInWorker(job: PartJob): Promise<PartResult> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(new URL(import.meta.url), { workerData: { sipcheckPart: job } });
+    worker.once("message", resolve);
+    worker.once("error", reject);
+    worker.once("exit", (code) => reject(new Error(`a reading thread stopped (${code})`)));
+  });
+}
+
+/**
+ * Scans a file into `tally`; throws on open or read errors. A large file is cut into parts at
+ * line feeds and read on every core at once; the parts' tallies are joined exactly (see
+ * {@link ScanPart}).
+ */
+async function scanFile(path: string, tally: Tally): Promise<void> {
+  const fd = openSync(path, "r");
+  let starts: number[];
+  try {
+    const size = fstatSync(fd).size;
+    const threads = Math.min(PARALLEL_MAX, availableParallelism(), Math.floor(size / PARALLEL_MIN));
+    starts = threads > 1 ? partStarts(fd, size, threads) : [0];
+  } finally {
+    closeSync(fd);
+  }
+  const jobs: PartJob[] = starts.map((start, k) => ({
+    path,
+    offset: Math.max(0, start - PART_LOOKBACK),
+    countFrom: start,
+    to: k + 1 < starts.length ? starts[k + 1] : null,
+  }));
+  const others = jobs.slice(1).map(scanPartInWorker);
+  others.forEach((result) => result.catch(() => {})); // awaited below, in order
+  scanPart(jobs[0], tally, new Map());
+  for (const result of others) {
+    const part = await result;
+    joinTally(tally, part.tally, part.firstTries);
   }
 }
 
@@ -4076,10 +4252,9 @@ async function scan(options: Options, deps: Deps): Promise<number> {
   let files = 0;
   const logs = options.logs.length ? options.logs.map((arg) => resolveLog(arg)) : [defaultLog()];
   for (const path of logs) {
-    const scanner = createScanner(tally);
     try {
-      if (path === "-") await scanStream(deps.stdin(), scanner);
-      else scanFile(path, scanner);
+      if (path === "-") await scanStream(deps.stdin(), createScanner(tally));
+      else await scanFile(path, tally);
       files++;
     } catch (error) {
       const message = `cannot read "${path}": ${describeFileError(error)}`;
@@ -4242,4 +4417,10 @@ export async function main(
   }
 }
 
-if (import.meta.main) process.exitCode = await main(process.argv.slice(2));
+if (!isMainThread && workerData?.sipcheckPart) {
+  // A worker thread of scanFile: read one part of a log and send the tally back.
+  const tally = newTally();
+  const firstTries = new Map<string, FirstTries>();
+  scanPart(workerData.sipcheckPart as PartJob, tally, firstTries);
+  parentPort?.postMessage({ tally, firstTries } satisfies PartResult);
+} else if (import.meta.main) process.exitCode = await main(process.argv.slice(2));

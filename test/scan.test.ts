@@ -6,12 +6,15 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { readFileSync } from "node:fs";
 import { describe, test } from "node:test";
+import { isDeepStrictEqual } from "node:util";
 import {
   addFailure,
   createScanner,
+  joinTally,
   MAX_LINE,
   newTally,
   OPEN_HEAD_WINDOW,
+  PART_LOOKBACK,
   scanString,
   type Tally,
   TRIES_STEP_MAX,
@@ -182,5 +185,60 @@ describe("fixtures/messages.log (the demo)", () => {
     const { totals } = expectations(text);
     assert.ok(totals.size >= 5);
     assert.deepEqual(sorted(scanString(text).counts), sorted(totals));
+  });
+});
+
+describe("reading a log in parts (several cores at once)", () => {
+  /** Scans `text` as parts starting at `starts` (byte offsets right after a line feed), joined. */
+  function inParts(text: string, starts: number[], lookback = PART_LOOKBACK): Tally {
+    const bytes = Buffer.from(text, "latin1");
+    const total = newTally();
+    starts.forEach((countFrom, k) => {
+      const tally = k === 0 ? total : newTally();
+      const part = {
+        offset: Math.max(0, countFrom - lookback),
+        countFrom,
+        firstTries: new Map(),
+      };
+      const scanner = createScanner(tally, undefined, part);
+      scanner.write(bytes.subarray(part.offset, starts[k + 1] ?? bytes.length));
+      scanner.end();
+      if (k > 0) joinTally(total, tally, part.firstTries);
+    });
+    return total;
+  }
+  const lineStarts = (text: string) =>
+    [...text.matchAll(/\n/g)].map((m) => m.index! + 1).filter((i) => i < text.length);
+
+  test("open heads: every cut gives the same tally as one reading", () => {
+    const text = readFileSync(fixture("open-heads.log"), "latin1");
+    const whole = scanString(text);
+    for (const cut of lineStarts(text)) {
+      assert.deepEqual(inParts(text, [0, cut]), whole, `cut at ${cut}`);
+    }
+    const blind = lineStarts(text).filter((cut) =>
+      !isDeepStrictEqual(inParts(text, [0, cut], 1), whole)
+    );
+    assert.ok(blind.length > 0, "without the look back, some cuts would count forged lines");
+  });
+  test("tries runs across cuts, and three parts", () => {
+    const text = [5, 6, 7, 8, 5, 6, 100, 9].map((n) => TRIES("203.0.113.60", n)).join("") +
+      REGISTER("203.0.113.60") + TRIES("203.0.113.61", 5) + BENIGN +
+      [6, 7].map((n) => TRIES("203.0.113.61", n)).join("");
+    const whole = scanString(text);
+    const starts = lineStarts(text);
+    for (const a of starts) {
+      assert.deepEqual(inParts(text, [0, a]), whole, `cut at ${a}`);
+      for (const b of starts.filter((b) => b > a)) {
+        assert.deepEqual(inParts(text, [0, a, b]), whole, `cuts at ${a} and ${b}`);
+      }
+    }
+  });
+  test("a part may start inside a line over 8000 bytes", () => {
+    const text = REGISTER("203.0.113.1") + "x".repeat(MAX_LINE * 2) + "\n" +
+      REGISTER("203.0.113.2");
+    const whole = scanString(text);
+    const cut = text.length - REGISTER("203.0.113.2").length;
+    assert.deepEqual(inParts(text, [0, cut]), whole);
   });
 });
