@@ -10,7 +10,10 @@
  * It understands every failure message Asterisk 1.4 to 23 writes (chan_sip, PJSIP, IAX2, AMI,
  * the security log and FreePBX's dialplan warning), in every log format (file, `[plain]`,
  * syslog, journal, JSON), for IPv4 and IPv6, and it reads the address only from the part of a
- * line that Asterisk writes itself, so a caller cannot make it ban somebody else.
+ * line that Asterisk writes itself, so what a caller writes into a line cannot make it ban
+ * somebody else. (What a plain-text log cannot show, a line feed or an escape byte a caller slipped
+ * into a field, and chan_sip's Via-maddr addresses, are the README's "what remains"; a JSON
+ * channel closes the first two.)
  *
  * Usage:
  * ```
@@ -422,7 +425,7 @@ function isLowerHex(c: number): boolean {
   return isDigit(c) || (c >= 97 && c <= 102);
 }
 /** The levels of the families sipcheck reads (dialplan Log() lines included). */
-const LEVELS = ["NOTICE", "WARNING", "SECURITY", "ERROR"] as const;
+const LEVELS = ["NOTICE", "WARNING", "SECURITY"] as const;
 /** Source files whose messages sipcheck reads (the keys of FAMILIES_BY_FILE, below). */
 const WATCHED_FILES = [
   "chan_sip.c",
@@ -442,8 +445,6 @@ function levelStartingWith(c: number): string | undefined {
       return "WARNING";
     case 83: // S
       return "SECURITY";
-    case 69: // E
-      return "ERROR";
   }
   return undefined;
 }
@@ -509,10 +510,11 @@ function readFilePrefix(s: string, start: number, end: number): Prefix | null {
  * Console and `[plain]` (16.14+): `[date] LEVEL[tid]: file.c:line function: `; syslog (1.6+):
  * `<syslog header> asterisk[pid]: LEVEL[tid]: file.c:line in function: `; the journal's copy of
  * the console (`<syslog header> asterisk[pid]: [date] LEVEL…`) and its bare message
- * (`journalctl -o cat`). The syslog day may have one or two spaces or a leading zero.
+ * (`journalctl -o cat`). The syslog day may have one or two spaces or a leading zero, the time a
+ * fraction (`journalctl -o short-precise`).
  */
 const LOCATED_PREFIX = new RegExp(
-  "^(?:(?:[A-Z][a-z]{2} {1,2}\\d{1,2} \\d\\d:\\d\\d:\\d\\d|" +
+  "^(?:(?:[A-Z][a-z]{2} {1,2}\\d{1,2} \\d\\d:\\d\\d:\\d\\d(?:\\.\\d+)?|" +
     "\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(?:\\.\\d+)?(?:Z|[+-]\\d\\d:?\\d\\d))" +
     " [^ \\n]+ asterisk\\[\\d+\\]: )?" +
     "(?:\\[[^\\]\\n]*\\] )?([A-Z][A-Z0-9_]*) ?\\[\\d+\\](?:\\[C-[0-9a-f]{8}\\])?: " +
@@ -590,8 +592,11 @@ function readSipRegister(body: string): string | null {
 const SIP_CALL = /^Call from '[^']*' \(([^()' ]+)\) to extension '/;
 /** The same message before 1.8.5, without an address: only its open heads matter. */
 const SIP_CALL_NO_ADDRESS = /^Call from '[^']*' to extension '/;
-/** The fixed end of both call messages (chan_sip and res_pjsip_session). */
-const CALL_TAIL = /' rejected because extension not found(?: in context '[^']*')?\.$/;
+/** The fixed end of the call messages that carry an address (chan_sip 1.8.5+, res_pjsip_session):
+ * the context is always there, so a caller who closes a cut record must at least know it. */
+const CALL_TAIL = /' rejected because extension not found in context '[^']*'\.$/;
+/** The end of chan_sip's call message before 1.8.5, with or without the context. */
+const OLD_CALL_TAIL = /' rejected because extension not found(?: in context '[^']*')?\.$/;
 
 /**
  * Not in any Asterisk release: a patched chan_sip.c (fail2ban issue #1000, 2015) writes
@@ -619,7 +624,16 @@ const PJSIP_TRIES = / after (\d+) tries in \d+\.\d+ ms$/;
 const IAX2_AUTH = /^Host ([^ ]+) failed to authenticate as /;
 /** chan_iax2.c: `"Host %s failed MD5 authentication for '%s' (%s != %s)\n"` (REGREQ). */
 const IAX2_MD5 = new RegExp(`^Host (${BARE}) failed MD5 authentication for '`);
-const IAX2_MD5_TAIL = /^[^']*' \(.* != .*\)$/s;
+/** Its end, `/^[^']*' \(.* != .*\)$/s`: the peer name (server-written), then the digests, the
+ * second one the caller's. A literal regex backtracks quadratically on a hostile line. */
+const IAX2_MD5_TAIL = {
+  test(tail: string): boolean {
+    const open = tail.indexOf("' (");
+    if (open === -1 || tail.lastIndexOf("'", open - 1) !== -1) return false;
+    const unequal = tail.indexOf(" != ", open + 3);
+    return unequal !== -1 && tail.endsWith(")") && tail.length >= unequal + 5;
+  },
+};
 /** chan_iax2.c: `"Host %s did not provide proper plaintext password for '%s'\n"`. */
 const IAX2_PLAINTEXT = new RegExp(
   `^Host (${BARE}) did not provide proper plaintext password for '`,
@@ -657,36 +671,72 @@ const AMI_AUTH = new RegExp(
  */
 const SECURITY_HEAD =
   /^SecurityEvent="(FailedACL|InvalidAccountID|ChallengeResponseFailed|InvalidPassword)",EventTV="(?:\d+-\d+|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d{4})",Severity="(?:Error|Informational)",Service="(\w+)",EventVersion="\d+",AccountID="/;
-/** A `LocalAddress`/`RemoteAddress` pair: `IPV4/UDP/a.b.c.d/port`, transport optional. */
-const SECURITY_ADDRESS_PAIR = new RegExp(
-  `",LocalAddress="IPV[46]/(?:[A-Z]{2,4}/)?${BARE}/\\d+",RemoteAddress="IPV[46]/(?:[A-Z]{2,4}/)?(${BARE})/\\d+"`,
+/**
+ * A RemoteAddress value, `IPV4/UDP/a.b.c.d/port` (transport optional), found by the end of its
+ * key on purpose: term_strip() stops deleting at the `m` of the real key at the latest, so the
+ * real value survives an ESC in the AccountID or SessionID; and values cannot overlap, where a
+ * whole `",LocalAddress=…",RemoteAddress=…"` pair forged at the end of a SessionID could end on
+ * the first quote of the real pair and hide it from a global search.
+ */
+const SECURITY_REMOTE_ADDRESS = new RegExp(
+  `oteAddress="IPV[46]/(?:[A-Z]{2,4}/)?(${BARE})/\\d+"`,
   "g",
 );
 const SECURITY_TV = "(?:\\d+-\\d+|\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d+[+-]\\d{4})";
 const MODULE = '(?:,Module="[\\w.-]*")?';
 const SESSION_TV = `(?:,SessionTV="${SECURITY_TV}")?`;
-/** What may follow RemoteAddress in each event, to the end of the line (main/security_events.c):
- * server-written values strictly, the caller's (Challenge, Response, …) as anything. */
-const SECURITY_TAILS: Record<string, RegExp> = {
-  FailedACL: new RegExp(`^${MODULE}(?:,ACLName="([\\w.-]*)")?${SESSION_TV}$`),
-  InvalidAccountID: new RegExp(`^${MODULE}${SESSION_TV}$`),
-  ChallengeResponseFailed: new RegExp(
-    `^,Challenge=".*",Response=".*",ExpectedResponse=".*"${MODULE}${SESSION_TV}$`,
-    "s",
-  ),
-  InvalidPassword: new RegExp(
-    `^${MODULE}${SESSION_TV}(?:,Challenge=".*")?(?:,ReceivedChallenge=".*")?(?:,ReceivedHash=".*")?$`,
-    "s",
-  ),
-};
+/** What may follow RemoteAddress in a FailedACL event, to the end of the line. */
+const FAILED_ACL_TAIL = new RegExp(`^${MODULE}(?:,ACLName="([\\w.-]*)")?${SESSION_TV}$`);
+/** … in an InvalidAccountID event. */
+const INVALID_ACCOUNT_TAIL = new RegExp(`^${MODULE}${SESSION_TV}$`);
+/** The server-written start of an InvalidPassword event's end. */
+const INVALID_PASSWORD_HEAD = new RegExp(`^${MODULE}${SESSION_TV}`);
 
 /**
- * FreePBX's from-sip-external context: `Log(WARNING,"Rejecting unknown SIP connection from
- * ${CHANNEL(recvip)}")`, written with file `Ext. <exten>`. The address is the last thing on the
- * line; the quotes survive on some versions.
+ * Whether `tail`, the rest of the line after a RemoteAddress value, is exactly what Asterisk
+ * writes there for `event` (main/security_events.c): server-written values strictly, the caller's
+ * (Challenge, Response, …) as anything. The ChallengeResponseFailed and InvalidPassword ends are
+ * the patterns `,Challenge=".*",Response=".*",ExpectedResponse=".*"` + Module + SessionTV and
+ * Module + SessionTV + `(,Challenge=".*")?(,ReceivedChallenge=".*")?(,ReceivedHash=".*")?`,
+ * checked by hand: as regexes they backtrack cubically on a hostile 8 KB line. Returns the ACL
+ * name of a FailedACL (or `""`), or null when the tail is not valid.
+ */
+function securityTail(event: string, tail: string): string | null {
+  switch (event) {
+    case "FailedACL": {
+      const match = FAILED_ACL_TAIL.exec(tail);
+      return match ? match[1] ?? "" : null;
+    }
+    case "InvalidAccountID":
+      return INVALID_ACCOUNT_TAIL.test(tail) ? "" : null;
+    case "ChallengeResponseFailed": {
+      if (!tail.startsWith(',Challenge="')) return null;
+      const response = tail.indexOf('",Response="', 12);
+      const expected = response === -1 ? -1 : tail.indexOf('",ExpectedResponse="', response + 12);
+      return expected !== -1 && tail.length > expected + 20 && tail.endsWith('"') ? "" : null;
+    }
+    case "InvalidPassword": {
+      const rest = tail.slice((INVALID_PASSWORD_HEAD.exec(tail) as RegExpExecArray)[0].length);
+      if (rest === "") return "";
+      const opens = [',Challenge="', ',ReceivedChallenge="', ',ReceivedHash="'];
+      return opens.some((open) => rest.startsWith(open) && rest.length > open.length) &&
+          rest.endsWith('"')
+        ? ""
+        : null;
+    }
+  }
+  return null;
+}
+
+/**
+ * FreePBX's from-sip-external context, extension `s`: `Log(WARNING,"Rejecting unknown SIP
+ * connection from ${CHANNEL(recvip)}")`, written with file `Ext. s` (and, in the [plain] and
+ * syslog forms, `:<priority> [in ]@ from-sip-external`). The whole message is this text, so a
+ * Log() of some other extension or context whose message merely ends like it is not read; the
+ * quotes survive on some versions. JSON records give the message alone.
  */
 const DIALPLAN_UNKNOWN_SIP = new RegExp(
-  `(?:^|: )"?Rejecting unknown SIP connection from (${BARE})"?$`,
+  `^(?:s(?::\\d+ (?:in )?@ from-sip-external)?: )?"?Rejecting unknown SIP connection from (${BARE})"?$`,
 );
 
 /** One Asterisk message family: the levels that write it, and how to read its body. */
@@ -717,7 +767,7 @@ function readHead(
   body: string,
   head: RegExp,
   form: AddressForm,
-  tail: RegExp | null,
+  tail: { test(text: string): boolean } | null,
 ): Failure | null {
   const match = head.exec(body);
   if (!match) return null;
@@ -731,7 +781,7 @@ function headFamily(
   levels: readonly string[],
   head: RegExp,
   form: AddressForm,
-  tail: RegExp | null,
+  tail: { test(text: string): boolean } | null,
 ): Family {
   return { name, levels, read: (body) => readHead(name, body, head, form, tail) };
 }
@@ -756,8 +806,8 @@ function tailFamily(
 }
 
 const NOTICE = ["NOTICE"] as const;
-/** Levels a dialplan Log() warning may be written at (FreePBX uses WARNING). */
-const LOG_LEVELS = ["NOTICE", "WARNING", "ERROR"] as const;
+/** The level FreePBX writes its dialplan warning at. */
+const LOG_LEVELS = ["WARNING"] as const;
 /** chan_iax2 raised some of its messages to WARNING in 18.21, 20.6, 21.1 and 22. */
 const NOTICE_OR_WARNING = ["NOTICE", "WARNING"] as const;
 
@@ -780,7 +830,7 @@ const sipCall: Family = {
     if (reading) return reading;
     const old = SIP_CALL_NO_ADDRESS.exec(body);
     if (!old) return null;
-    return failure("sip-call", null, !CALL_TAIL.test(body.slice(old[0].length)));
+    return failure("sip-call", null, !OLD_CALL_TAIL.test(body.slice(old[0].length)));
   },
 };
 
@@ -794,16 +844,21 @@ const pjsipCall: Family = {
 };
 
 /**
- * The end of the From field of a PJSIP request line, which starts at `start`, or -1.
- * pjproject prints it as `<uri>` or `"display" <uri>`; the URI never holds a space, `"`, `<` or
- * `>`. A display quoted on the wire keeps its backslash escapes, so its first unescaped `"` ends
- * it; one unquoted on the wire may hold a bare `"` but no `:` or `<`.
+ * The possible ends of the From field of a PJSIP request line, which starts at `start`. pjproject
+ * prints it as `<uri>` or `"display" <uri>`; the URI never holds a space, `"`, `<` or `>`. A
+ * display quoted on the wire keeps its backslash escapes, so its first unescaped `"` ends it; one
+ * unquoted on the wire gets quotes added, may hold a bare `"` or end in a backslash, but holds no
+ * `:`, `<`, CR or LF. A line can read both ways; both ends are returned then.
  */
-function endOfFrom(body: string, start: number): number {
+function endsOfFrom(body: string, start: number): number[] {
   const first = body.charCodeAt(start);
-  if (first === 60 /* < */) return endOfUri(body, start);
-  if (first !== 34 /* " */) return -1;
-  let i = start + 1;
+  if (first === 60 /* < */) {
+    const end = endOfUri(body, start);
+    return end === -1 ? [] : [end];
+  }
+  if (first !== 34 /* " */) return [];
+  const ends: number[] = [];
+  let i = start + 1; // quoted on the wire: to the first unescaped quote
   while (i < body.length) {
     const c = body.charCodeAt(i);
     if (c === 92 /* \ */) i += 2;
@@ -812,13 +867,15 @@ function endOfFrom(body: string, start: number): number {
   }
   if (i < body.length && body.startsWith(" <", i + 1)) {
     const end = endOfUri(body, i + 2);
-    if (end !== -1 && body.startsWith("' failed for '", end)) return end;
+    if (end !== -1) ends.push(end);
   }
-  // An unquoted display: "[^:<]*" <uri>
-  const angle = body.indexOf("<", start + 1);
-  if (angle < start + 3 || !body.startsWith('" ', angle - 2)) return -1;
-  if (body.slice(start + 1, angle - 2).includes(":")) return -1;
-  return endOfUri(body, angle);
+  const angle = body.indexOf("<", start + 1); // unquoted on the wire: "[^:<\r\n]*" <uri>
+  if (angle >= start + 3 && body.startsWith('" ', angle - 2)) {
+    const display = body.slice(start + 1, angle - 2);
+    const end = /[:\r\n]/.test(display) ? -1 : endOfUri(body, angle);
+    if (end !== -1 && !ends.includes(end)) ends.push(end);
+  }
+  return ends;
 }
 
 /** `<` + `[^ "<>]*` + `>` at `start`; returns the index after `>`, or -1. */
@@ -856,23 +913,29 @@ const pjsipRequest: Family = {
       if (!PJSIP_METHOD.test(body.slice(9, space - 1))) return null;
       from = space + 7;
     } else return null;
-    const fromEnd = endOfFrom(body, from);
-    if (fromEnd === -1 || !body.startsWith("' failed for '", fromEnd)) return null;
-    const addressStart = fromEnd + 14;
-    const addressEnd = body.indexOf("'", addressStart);
-    if (addressEnd === -1 || !body.startsWith("' (callid: ", addressEnd)) return null;
-    const address = normaliseAddress(body.slice(addressStart, addressEnd), "srcname");
+    const addresses = new Set<string | null>();
+    for (const fromEnd of endsOfFrom(body, from)) {
+      if (!body.startsWith("' failed for '", fromEnd)) continue;
+      const addressStart = fromEnd + 14;
+      const addressEnd = body.indexOf("'", addressStart);
+      if (addressEnd === -1 || !body.startsWith("' (callid: ", addressEnd)) continue;
+      addresses.add(normaliseAddress(body.slice(addressStart, addressEnd), "srcname"));
+    }
+    if (addresses.size === 0) return null;
+    // A display name ending in a backslash reads two ways, with the Call-ID supplying the second.
+    if (addresses.size > 1) return { family: "pjsip-request", address: null, ambiguous: true };
     const tries = body.endsWith(" ms") ? PJSIP_TRIES.exec(body) : null;
+    const address = [...addresses][0];
     return failure("pjsip-request", address, false, tries ? Number(tries[1]) : undefined);
   },
 };
 
 /**
  * res_security_log.c events. The AccountID and SessionID before the addresses and the
- * challenge values after them can be the caller's, so every `LocalAddress…RemoteAddress` pair is
- * a candidate; one counts only when a SessionID comes before it and the rest of the line is
- * exactly what Asterisk writes after RemoteAddress for that event. All surviving candidates must
- * agree, or the line is ambiguous and counts nothing.
+ * challenge values after them can be the caller's, so every RemoteAddress value is a candidate;
+ * one counts only when a SessionID comes before it and the rest of the line is exactly what
+ * Asterisk writes after RemoteAddress for that event. All surviving candidates must agree, or the
+ * line is ambiguous and counts nothing.
  */
 const securityEvent: Family = {
   name: "security-event",
@@ -883,22 +946,21 @@ const securityEvent: Family = {
     const [, event, service] = head;
     if (service === "SIP" && !COUNT_CHAN_SIP_SECURITY_EVENTS) return null;
     const sessionId = body.indexOf('",SessionID="', head[0].length - 1);
-    const tailPattern = SECURITY_TAILS[event];
     const addresses = new Set<string | null>();
-    let pairs = 0;
-    SECURITY_ADDRESS_PAIR.lastIndex = head[0].length;
-    for (let pair; (pair = SECURITY_ADDRESS_PAIR.exec(body));) {
-      pairs++;
-      if (sessionId === -1 || sessionId + 13 > pair.index) continue;
-      const tail = tailPattern.exec(body.slice(pair.index + pair[0].length));
-      if (!tail) continue;
-      if (event === "FailedACL" && tail[1]?.startsWith("registrar_")) return null;
-      addresses.add(normaliseAddress(pair[1], "bare"));
+    let values = 0;
+    SECURITY_REMOTE_ADDRESS.lastIndex = head[0].length;
+    for (let value; (value = SECURITY_REMOTE_ADDRESS.exec(body));) {
+      values++;
+      if (sessionId === -1 || sessionId + 13 > value.index) continue;
+      const acl = securityTail(event, body.slice(value.index + value[0].length));
+      if (acl === null) continue;
+      if (acl.startsWith("registrar_")) return null;
+      addresses.add(normaliseAddress(value[1], "bare"));
     }
     if (addresses.size > 1) return { family: "security-event", address: null, ambiguous: true };
     if (addresses.size === 1) return failure("security-event", [...addresses][0]);
-    // No pair at all: an AccountID cut by a line feed (chan_sip) leaves an open head.
-    return failure("security-event", null, pairs === 0);
+    // No RemoteAddress at all: an AccountID cut by a line feed (chan_sip) leaves an open head.
+    return failure("security-event", null, values === 0);
   },
 };
 
@@ -1091,35 +1153,26 @@ export function joinTally(
   into.ambiguous += next.ambiguous;
 }
 
-/** How far into a line the source file name may be. */
-const PREFIX_REACH = 256;
-
 /**
  * The cheap test for lines in the other formats (syslog, journal, `[plain]`, JSON): does the
- * line name a watched source file (the first `name.c:` in it, `"filename":"…"` in JSON, or
- * `Ext. `)? Lines that pass are parsed in full.
+ * line name a watched source file (its first `name.c:`, `"filename":"…"` in JSON, or `Ext. `)?
+ * Lines that pass are parsed in full. Every search stays inside the line.
  */
 function mayHoldFailure(s: string, start: number, end: number): boolean {
-  const reach = Math.min(end, start + PREFIX_REACH);
-  if (s.charCodeAt(start) === 123 /* { */) {
-    const key = s.indexOf('"filename":"', start);
-    if (key === -1 || key >= reach) return false;
-    const close = s.indexOf('"', key + 12);
-    return close !== -1 && close < end &&
-      (watchedFileAt(s, key + 12, close) !== "" || s.startsWith("Ext. ", key + 12));
+  const line = s.slice(start, end);
+  if (line.charCodeAt(0) === 123 /* { */) {
+    const key = line.indexOf('"filename":"');
+    const close = key === -1 ? -1 : line.indexOf('"', key + 12);
+    return close !== -1 &&
+      (watchedFileAt(line, key + 12, close) !== "" || line.startsWith("Ext. ", key + 12));
   }
-  for (
-    let dot = s.indexOf(".c", start);
-    dot !== -1 && dot < reach;
-    dot = s.indexOf(".c", dot + 2)
-  ) {
-    const next = s.charCodeAt(dot + 2);
+  for (let dot = line.indexOf(".c"); dot !== -1; dot = line.indexOf(".c", dot + 2)) {
+    const next = line.charCodeAt(dot + 2);
     if (next !== 58 /* : */ && next !== 27 /* ESC: journal colours */) continue;
     // A watched name ending here (what comes before it is for parseLine to judge).
-    return WATCHED_FILES.some((file) => s.startsWith(file, dot + 2 - file.length));
+    return WATCHED_FILES.some((file) => line.startsWith(file, dot + 2 - file.length));
   }
-  const ext = s.indexOf("Ext. ", start);
-  return ext !== -1 && ext < reach;
+  return line.includes("Ext. ");
 }
 
 /** A log reader that counts failures as bytes arrive, in bounded memory. */

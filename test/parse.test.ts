@@ -49,6 +49,7 @@ function readCases(name: string): Case[] {
 }
 
 const ours = readCases("families.log");
+const injections = readCases("injection.log");
 const corpus = readCases("corpus/asterisk-lines.txt");
 
 /** The counts that scanning all the cases as one log must give. */
@@ -90,6 +91,24 @@ describe("families.log: one case per line", () => {
     const tally = scanString(readFileSync(fixture("families.log"), "latin1"));
     assert.deepEqual(new Map([...tally.counts].sort()), new Map([...expectedCounts(ours)].sort()));
     assert.equal(tally.openHeads, 0);
+  });
+});
+
+describe("injection.log: cases from an adversarial review", () => {
+  assert.ok(injections.length >= 40, "the cases were read");
+  for (const c of injections) {
+    test(`line ${c.line}: ${c.address ?? "none"} ${c.family} (${c.note.slice(0, 90)})`, () => {
+      const result = parseLine(c.text);
+      assert.equal(result?.address ?? null, c.address);
+      if (c.family !== "-" && c.address) assert.equal(result?.family, c.family);
+    });
+  }
+  test("scanning the whole file counts exactly the expected addresses", () => {
+    const tally = scanString(readFileSync(fixture("injection.log"), "latin1"));
+    assert.deepEqual(
+      new Map([...tally.counts].sort()),
+      new Map([...expectedCounts(injections)].sort()),
+    );
   });
 });
 

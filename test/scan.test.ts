@@ -242,3 +242,54 @@ describe("reading a log in parts (several cores at once)", () => {
     assert.deepEqual(inParts(text, [0, cut]), whole);
   });
 });
+
+describe("records cut by a caller's line feeds (line-feed-forgeries.log)", () => {
+  const text = readFileSync(fixture("line-feed-forgeries.log"), "latin1");
+  const sequences = text.split("\n### sequence ").slice(1).map((block) => {
+    const lines = block.split("\n");
+    return {
+      name: lines[0],
+      knownLimit: lines.includes("# known limit"),
+      totals: expectations(block).totals,
+      log: lines.slice(1).filter((line) => line !== "" && !line.startsWith("#")),
+    };
+  });
+  assert.ok(sequences.length >= 8);
+  const forged = (tally: Tally) =>
+    [...tally.counts.keys()].filter((ip) => ip.startsWith("198.51.100."));
+
+  for (const sequence of sequences.filter((s) => !s.knownLimit)) {
+    test(`plain text: ${sequence.name}`, () => {
+      const tally = scanString(sequence.log.join("\n") + "\n");
+      assert.deepEqual(sorted(tally.counts), sorted(sequence.totals));
+    });
+  }
+  for (const sequence of sequences.filter((s) => s.knownLimit)) {
+    test(`JSON channel: ${sequence.name} counts only the caller`, () => {
+      // The same record as Asterisk's JSON formatter writes it: one line, line feeds escaped.
+      const [, level, file, message] =
+        /^\[[^\]]*\] ([A-Z]+)\[\d+\](?:\[C-[0-9a-f]{8}\])? ([\w./-]+\.c): (.*)$/.exec(
+          sequence.log[0],
+        )!;
+      const record = JSON.stringify({
+        hostname: "",
+        timestamp: "2026-11-25 10:00:00.001",
+        identifiers: { lwp: 2290, callid: "" },
+        logmsg: {
+          location: { filename: file, function: "f", line: 1 },
+          level,
+          message: [message, ...sequence.log.slice(1)].join("\n") + "\n",
+        },
+      });
+      const tally = scanString(record + "\n");
+      assert.deepEqual(forged(tally), []);
+      assert.ok(tally.counts.size <= 1);
+      const plain = scanString(sequence.log.join("\n") + "\n");
+      assert.notDeepEqual(
+        forged(plain),
+        [],
+        "in plain text the forgery does count (the known limit)",
+      );
+    });
+  }
+});
