@@ -166,9 +166,9 @@ export interface Failure {
 /** Failures per address, and what the scan saw along the way. */
 export interface Tally {
   /** Failures per normalised address, in first-seen order. */
-  counts: Map<string, number>;
+  counts: AddressCounts;
   /** Last `after N tries` value per address. */
-  lastTries: Map<string, number>;
+  lastTries: AddressCounts;
   /** Physical lines read. */
   lines: number;
   /** Failures counted (the sum of `counts`). */
@@ -293,24 +293,21 @@ export function normaliseAddress(text: string, form: AddressForm): string | null
   return normaliseHost(host, 6);
 }
 
-/** Recent host texts and their normal form: attackers repeat their address thousands of times,
- * and IPv6 takes some work to normalise. Cleared when full, so memory stays bounded. */
-const HOSTS = new Map<string, string | null>();
-const HOSTS_MAX = 4096;
+/** Recent IPv6 host texts and their normal form: attackers repeat their address thousands of
+ * times, and IPv6 takes some work to normalise. Cleared when full, so memory stays bounded. */
+const IPV6_HOSTS = new Map<string, string | null>();
+const IPV6_HOSTS_MAX = 1024;
 
 /** A host (no port, no brackets) of the given syntax, normalised, or null if not an address. */
 function normaliseHost(host: string, version: IpVersion): string | null {
-  const key = version === 4 ? host : "[" + host;
-  let normal = HOSTS.get(key);
+  if (version === 4) return isIP(host) === 4 ? host : null;
+  let normal = IPV6_HOSTS.get(host);
   if (normal !== undefined) return normal;
-  if (version === 4) normal = isIP(host) === 4 ? detach(host) : null;
-  else {
-    const zone = host.indexOf("%");
-    const address = zone === -1 ? host : host.slice(0, zone);
-    normal = isIP(address) === 6 ? canonicalIPv6(address) : null;
-  }
-  if (HOSTS.size >= HOSTS_MAX) HOSTS.clear();
-  HOSTS.set(detach(key), normal);
+  const zone = host.indexOf("%");
+  const address = zone === -1 ? host : host.slice(0, zone);
+  normal = isIP(address) === 6 ? canonicalIPv6(address) : null;
+  if (IPV6_HOSTS.size >= IPV6_HOSTS_MAX) IPV6_HOSTS.clear();
+  IPV6_HOSTS.set(detach(host), normal);
   return normal;
 }
 
@@ -1081,11 +1078,254 @@ function readLineAt(s: string, start: number, end: number): Failure | null {
 // Counting
 // ---------------------------------------------------------------------------------------------
 
+/** What a scan keeps per address: a count, or the last `after N tries` value. */
+export type Counts = AddressCounts;
+
+/** The dotted IPv4 text as a 32-bit number, or -1 if it is not one (in its one canonical form). */
+function ipv4Number(text: string): number {
+  let number = 0;
+  let part = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 46 /* . */) {
+      if (digits === 0 || dots === 3) return -1;
+      number = number * 256 + part;
+      part = digits = 0;
+      dots++;
+    } else if (c >= 48 && c <= 57 && !(digits === 1 && part === 0)) {
+      part = part * 10 + c - 48;
+      if (++digits > 3 || part > 255) return -1;
+    } else return -1;
+  }
+  return dots === 3 && digits > 0 ? number * 256 + part : -1;
+}
+
+/** The dotted text of a 32-bit IPv4 number. */
+function ipv4Text(number: number): string {
+  return `${number >>> 24}.${(number >>> 16) & 255}.${(number >>> 8) & 255}.${number & 255}`;
+}
+
+/** What {@link AddressCounts.snapshot} gives, to send to another thread. */
+export interface CountsSnapshot {
+  keys: Uint32Array;
+  values: Float64Array;
+  kinds: Uint8Array;
+  others: [number, string][];
+}
+
+const IPV4 = 0;
+const OTHER = 1;
+const DELETED = 2;
+
+/**
+ * Numbers per address in little memory, since a million attacking addresses must not take a
+ * gigabyte: IPv4 addresses (most of them) live as 32-bit numbers in typed arrays, about 30 bytes
+ * an address (dense entries in first-seen order, and an open-addressing hash table over them);
+ * IPv6 addresses in a Map. It behaves like a `Map<string, number>` in the ways sipcheck uses
+ * one, iterating in first-seen order.
+ */
+export class AddressCounts {
+  #keys = new Uint32Array(256); // IPv4 number of each entry
+  #values = new Float64Array(256);
+  #kinds = new Uint8Array(256); // IPV4, OTHER or DELETED
+  #used = 0; // entries handed out
+  #live = 0; // entries not deleted
+  #others = new Map<string, number>(); // non-IPv4 text → entry
+  #otherText = new Map<number, string>(); // entry → non-IPv4 text
+  #slots = new Int32Array(512); // entry + 1, 0 for empty, -1 for a deleted one
+  #filled = 0; // slots not empty
+
+  /** Entries (IPv4 or not) that are not deleted. */
+  get size(): number {
+    return this.#live;
+  }
+
+  /** The slot holding IPv4 `key`, or where it would go (-1 - slot). */
+  #slotOf(key: number): number {
+    const mask = this.#slots.length - 1;
+    let free = -1;
+    for (let slot = Math.imul(key, 0x9e3779b1) >>> 0 & mask;; slot = (slot + 1) & mask) {
+      const entry = this.#slots[slot];
+      if (entry === 0) return -1 - (free === -1 ? slot : free);
+      if (entry === -1) {
+        if (free === -1) free = slot;
+      } else if (this.#keys[entry - 1] === key) return slot;
+    }
+  }
+
+  /** The entry of `address`, or -1. */
+  #entryOf(address: string): number {
+    const key = ipv4Number(address);
+    if (key === -1) return this.#others.get(address) ?? -1;
+    const slot = this.#slotOf(key);
+    return slot < 0 ? -1 : this.#slots[slot] - 1;
+  }
+
+  get(address: string): number | undefined {
+    const entry = this.#entryOf(address);
+    return entry === -1 ? undefined : this.#values[entry];
+  }
+
+  has(address: string): boolean {
+    return this.#entryOf(address) !== -1;
+  }
+
+  set(address: string, value: number): this {
+    const key = ipv4Number(address);
+    if (key === -1) {
+      const entry = this.#others.get(address);
+      if (entry !== undefined) this.#values[entry] = value;
+      else {
+        const added = this.#add(OTHER, 0, value);
+        this.#others.set(address, added);
+        this.#otherText.set(added, address);
+      }
+      return this;
+    }
+    let slot = this.#slotOf(key);
+    if (slot >= 0) {
+      this.#values[this.#slots[slot] - 1] = value;
+      return this;
+    }
+    if ((this.#filled + 1) * 2 > this.#slots.length) {
+      this.#rehash();
+      slot = this.#slotOf(key);
+    }
+    slot = -1 - slot;
+    if (this.#slots[slot] === 0) this.#filled++;
+    this.#slots[slot] = this.#add(IPV4, key, value) + 1;
+    return this;
+  }
+
+  delete(address: string): boolean {
+    const key = ipv4Number(address);
+    let entry: number;
+    if (key === -1) {
+      entry = this.#others.get(address) ?? -1;
+      if (entry === -1) return false;
+      this.#others.delete(address);
+      this.#otherText.delete(entry);
+    } else {
+      const slot = this.#slotOf(key);
+      if (slot < 0) return false;
+      entry = this.#slots[slot] - 1;
+      this.#slots[slot] = -1;
+    }
+    this.#kinds[entry] = DELETED;
+    this.#live--;
+    if (this.#used > 1024 && this.#live * 2 < this.#used) this.#compact();
+    return true;
+  }
+
+  clear(): void {
+    this.#compactTo([]);
+  }
+
+  /** Adds an entry at the end; returns its number. */
+  #add(kind: number, key: number, value: number): number {
+    if (this.#used === this.#keys.length) this.#grow(this.#keys.length * 2);
+    const entry = this.#used++;
+    this.#keys[entry] = key;
+    this.#values[entry] = value;
+    this.#kinds[entry] = kind;
+    this.#live++;
+    return entry;
+  }
+
+  #grow(capacity: number): void {
+    const keys = new Uint32Array(capacity);
+    const values = new Float64Array(capacity);
+    const kinds = new Uint8Array(capacity);
+    keys.set(this.#keys.subarray(0, this.#used));
+    values.set(this.#values.subarray(0, this.#used));
+    kinds.set(this.#kinds.subarray(0, this.#used));
+    [this.#keys, this.#values, this.#kinds] = [keys, values, kinds];
+  }
+
+  /** A table twice the live IPv4 entries or more, without deleted slots. */
+  #rehash(): void {
+    let size = 512;
+    while (size < (this.#live + 1) * 4) size *= 2;
+    this.#slots = new Int32Array(size);
+    this.#filled = 0;
+    for (let entry = 0; entry < this.#used; entry++) {
+      if (this.#kinds[entry] !== IPV4) continue;
+      this.#slots[-1 - this.#slotOf(this.#keys[entry])] = entry + 1;
+      this.#filled++;
+    }
+  }
+
+  /** Drops deleted entries, keeping the order of the others. */
+  #compact(): void {
+    this.#compactTo([...this.entries()]);
+  }
+
+  #compactTo(entries: [string, number][]): void {
+    this.#keys = new Uint32Array(Math.max(256, entries.length * 2));
+    this.#values = new Float64Array(this.#keys.length);
+    this.#kinds = new Uint8Array(this.#keys.length);
+    this.#used = this.#live = 0;
+    this.#others.clear();
+    this.#otherText.clear();
+    this.#slots = new Int32Array(512);
+    this.#filled = 0;
+    for (const [address, value] of entries) this.set(address, value);
+  }
+
+  *entries(): IterableIterator<[string, number]> {
+    for (let entry = 0; entry < this.#used; entry++) {
+      const kind = this.#kinds[entry];
+      if (kind === DELETED) continue;
+      const text = kind === IPV4 ? ipv4Text(this.#keys[entry]) : this.#otherText.get(entry)!;
+      yield [text, this.#values[entry]];
+    }
+  }
+
+  *keys(): IterableIterator<string> {
+    for (const [address] of this.entries()) yield address;
+  }
+
+  *values(): IterableIterator<number> {
+    for (let entry = 0; entry < this.#used; entry++) {
+      if (this.#kinds[entry] !== DELETED) yield this.#values[entry];
+    }
+  }
+
+  [Symbol.iterator](): IterableIterator<[string, number]> {
+    return this.entries();
+  }
+
+  /** The contents as typed arrays, to send to another thread. */
+  snapshot(): CountsSnapshot {
+    return {
+      keys: this.#keys.slice(0, this.#used),
+      values: this.#values.slice(0, this.#used),
+      kinds: this.#kinds.slice(0, this.#used),
+      others: [...this.#otherText],
+    };
+  }
+
+  /** Counts from a {@link snapshot}. */
+  static from(snapshot: CountsSnapshot): AddressCounts {
+    const counts = new AddressCounts();
+    const others = new Map(snapshot.others);
+    for (let entry = 0; entry < snapshot.kinds.length; entry++) {
+      const kind = snapshot.kinds[entry];
+      if (kind === DELETED) continue;
+      const text = kind === IPV4 ? ipv4Text(snapshot.keys[entry]) : others.get(entry)!;
+      counts.set(text, snapshot.values[entry]);
+    }
+    return counts;
+  }
+}
+
 /** An empty tally. */
 export function newTally(): Tally {
   return {
-    counts: new Map(),
-    lastTries: new Map(),
+    counts: new AddressCounts(),
+    lastTries: new AddressCounts(),
     lines: 0,
     failures: 0,
     longLines: 0,
@@ -1110,9 +1350,7 @@ function detach(text: string): string {
  */
 export function addFailure(tally: Tally, address: string, tries?: number): number {
   const step = tries === undefined ? 1 : triesStep(tries, tally.lastTries.get(address) ?? 0);
-  const count = tally.counts.get(address);
-  if (count === undefined) address = detach(address);
-  tally.counts.set(address, (count ?? 0) + step);
+  tally.counts.set(address, (tally.counts.get(address) ?? 0) + step);
   if (tries !== undefined) tally.lastTries.set(address, tries);
   tally.failures += step;
   return step;
@@ -1370,7 +1608,7 @@ export interface DecideOptions {
  * The addresses at or over the threshold and what to do with each, highest count first: ignored
  * (loopback, this host, `-i`), already banned, or banned (`would-ban` in a dry run).
  */
-export function decide(counts: ReadonlyMap<string, number>, options: DecideOptions): Decision[] {
+export function decide(counts: Iterable<[string, number]>, options: DecideOptions): Decision[] {
   const decisions: Decision[] = [];
   for (const [ip, failures] of counts) {
     if (failures < options.threshold) continue;
@@ -1387,7 +1625,7 @@ export function decide(counts: ReadonlyMap<string, number>, options: DecideOptio
 }
 
 /** Addresses in descending order of failures (first seen first among equals). */
-function byFailures(counts: ReadonlyMap<string, number>): string[] {
+function byFailures(counts: AddressCounts): string[] {
   const ips = [...counts.keys()];
   const failures = Uint32Array.from(counts.values());
   const order = Uint32Array.from(ips.keys()).sort((a, b) => failures[b] - failures[a] || a - b);
@@ -1697,9 +1935,12 @@ interface PartJob {
   to: number | null;
 }
 
-/** What a worker thread sends back. */
+/** What a worker thread sends back: its tally, with the counts as typed arrays. */
 interface PartResult {
-  tally: Tally;
+  tally: Omit<Tally, "counts" | "lastTries"> & {
+    counts: CountsSnapshot;
+    lastTries: CountsSnapshot;
+  };
   firstTries: Map<string, FirstTries>;
 }
 
@@ -1754,8 +1995,10 @@ async function scanFile(path: string, tally: Tally): Promise<void> {
   others.forEach((result) => result.catch(() => {})); // awaited below, in order
   scanPart(jobs[0], tally, new Map());
   for (const result of others) {
-    const part = await result;
-    joinTally(tally, part.tally, part.firstTries);
+    const { tally: sent, firstTries } = await result;
+    const counts = AddressCounts.from(sent.counts);
+    const lastTries = AddressCounts.from(sent.lastTries);
+    joinTally(tally, { ...sent, counts, lastTries }, firstTries);
   }
 }
 
@@ -4475,5 +4718,10 @@ if (!isMainThread && workerData?.sipcheckPart) {
   const tally = newTally();
   const firstTries = new Map<string, FirstTries>();
   scanPart(workerData.sipcheckPart as PartJob, tally, firstTries);
-  parentPort?.postMessage({ tally, firstTries } satisfies PartResult);
+  const counts = tally.counts.snapshot();
+  const lastTries = tally.lastTries.snapshot();
+  const result: PartResult = { tally: { ...tally, counts, lastTries }, firstTries };
+  const buffers = [counts, lastTries].flatMap((c) => [c.keys, c.values, c.kinds])
+    .map((array) => array.buffer as ArrayBuffer);
+  parentPort?.postMessage(result, buffers);
 } else if (import.meta.main) process.exitCode = await main(process.argv.slice(2));
