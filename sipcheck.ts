@@ -1625,11 +1625,11 @@ export function decide(counts: Iterable<[string, number]>, options: DecideOption
 }
 
 /** Addresses in descending order of failures (first seen first among equals). */
-function byFailures(counts: AddressCounts): string[] {
+function* byFailures(counts: AddressCounts): Generator<[string, number]> {
   const ips = [...counts.keys()];
-  const failures = Uint32Array.from(counts.values());
+  const failures = Float64Array.from(counts.values());
   const order = Uint32Array.from(ips.keys()).sort((a, b) => failures[b] - failures[a] || a - b);
-  return Array.from(order, (i) => ips[i]);
+  for (const i of order) yield [ips[i], failures[i]];
 }
 
 /** Totals printed with the report. */
@@ -1714,10 +1714,10 @@ export function* jsonReport(
   yield JSON.stringify(head).slice(0, -1) + ',"addresses":[';
   let piece: string[] = [];
   let first = true;
-  for (const ip of byFailures(tally.counts)) {
+  for (const [ip, failures] of byFailures(tally.counts)) {
     const entry = {
       ip,
-      failures: tally.counts.get(ip),
+      failures,
       action: actions.get(ip) ?? "below-threshold",
     };
     piece.push((first ? "\n" : ",\n") + JSON.stringify(entry));
