@@ -17,13 +17,15 @@
  * sipcheck.ts [options] [LOG ...]   scan LOGs, ban every address with >= THRESHOLD failures
  * sipcheck.ts clear                  remove every rule sipcheck added, and nothing else
  * sipcheck.ts list                   print the addresses sipcheck bans now
+ * sipcheck.ts watch [options] [LOG ...]   follow LOGs, ban as soon as an address reaches it
  * sipcheck.ts audit [--config-dir DIR] [--json]   look for toll-fraud holes in the configuration
  *
  * deno run <flags of the first line> sipcheck.ts ...     or     node sipcheck.ts ...
  * ```
  * LOG defaults to /var/log/asterisk/messages (messages.log on Asterisk 19+); a bare name is
  * looked up in /var/log/asterisk; `-` reads standard input. Options: -n/--dry-run,
- * -t/--threshold N, -i/--ignore ADDR|CIDR, --json, -q/--quiet, -h/--help, -V/--version.
+ * -t/--threshold N, -i/--ignore ADDR|CIDR, --json, -q/--quiet, -h/--help, -V/--version;
+ * watch also --window DURATION. watch runs until SIGTERM or SIGINT; SIGHUP reopens the logs.
  *
  * Exit codes (sysexits.h): 0 done; 64 usage error; 66 a log could not be read (the others were
  * still scanned and acted on); 69 firewall command missing or failed; 75 another sipcheck run
