@@ -52,7 +52,7 @@ import {
 import { readdir } from "node:fs/promises";
 import { isIP } from "node:net";
 import { networkInterfaces } from "node:os";
-import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
+import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 
@@ -4145,7 +4145,7 @@ function readAppended(inc: Incarnation, fd: number, buffer: Buffer): number {
  */
 function readCopy(path: string, inc: Incarnation, buffer: Buffer): string | null {
   if (inc.tail.length === 0) return null;
-  const name = basename(path);
+  const name = path.split("/").pop() as string;
   let names: string[];
   try {
     names = readdirSync(dirname(path));
