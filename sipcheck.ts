@@ -20,13 +20,15 @@
  * sipcheck.ts [options] [LOG ...]   scan LOGs, ban every address with >= THRESHOLD failures
  * sipcheck.ts clear                  remove every rule sipcheck added, and nothing else
  * sipcheck.ts list                   print the addresses sipcheck bans now
+ * sipcheck.ts watch [options] [LOG ...]   follow LOGs, ban as soon as an address reaches it
  * sipcheck.ts audit [--config-dir DIR] [--json]   look for toll-fraud holes in the configuration
  *
  * deno run <flags of the first line> sipcheck.ts ...     or     node sipcheck.ts ...
  * ```
  * LOG defaults to /var/log/asterisk/messages (messages.log on Asterisk 19+); a bare name is
  * looked up in /var/log/asterisk; `-` reads standard input. Options: -n/--dry-run,
- * -t/--threshold N, -i/--ignore ADDR|CIDR, --json, -q/--quiet, -h/--help, -V/--version.
+ * -t/--threshold N, -i/--ignore ADDR|CIDR, --json, -q/--quiet, -h/--help, -V/--version;
+ * watch also --window DURATION. watch runs until SIGTERM or SIGINT; SIGHUP reopens the logs.
  *
  * Exit codes (sysexits.h): 0 done; 64 usage error; 66 a log could not be read (the others were
  * still scanned and acted on); 69 firewall command missing or failed; 75 another sipcheck run
@@ -46,6 +48,7 @@ import {
   readdirSync,
   readFileSync,
   readSync,
+  statSync,
   unlinkSync,
   writeSync,
 } from "node:fs";
@@ -4401,6 +4404,611 @@ function printUnknownStatus(reason: string, json: boolean, io: AuditIo): number 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Watching: `sipcheck watch` follows the logs and bans an address as soon as it reaches the
+// threshold. At start it does what a cron run does over the content it finds; then, every
+// POLL_MS, it reads what was appended (fstat and positional reads: the same under Deno and Node,
+// unlike fs.watch). A log whose name now points to another file (rename and create, Asterisk's
+// `logger rotate`, delete and re-create) is read to its end and then for as long as it still
+// grows, and the new file from its start; a log that shrank or changed under the offset read so
+// far was truncated (copytruncate): the rest of its old content is read from the copy when one
+// is found beside it, then the log from its start. One scanner per file, one tally for all, so a
+// rotation is no amnesty. Bans that fell due in one poll go in one restore call per family.
+// ---------------------------------------------------------------------------------------------
+
+/** How often the logs are checked for new lines (ms): a ban lands at most this long, plus one
+ * iptables-restore call, after its line was written. */
+export const POLL_MS = 50;
+/** A log renamed or deleted away is still read until it has not grown for this long (ms), so that
+ * what Asterisk writes to it before it reopens its logs is counted. */
+export const RETIRE_MS = 60_000;
+/** A failed firewall batch is tried again after this long (ms), doubling up to RETRY_MAX_MS. */
+export const RETRY_MS = 1000;
+/** The longest wait between two tries of a failing firewall batch (ms). */
+export const RETRY_MAX_MS = 60_000;
+/** Bytes remembered before the read offset, to notice a file rewritten in place and find a copy. */
+const TAIL_BYTES = 64;
+/** A `--window` is kept in this many buckets (of one second at least). */
+const WINDOW_BUCKETS = 60;
+
+const DURATION_UNITS: Record<string, number> = {
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
+
+/** Parses a duration (`30s`, `10m`, `1h`, `1h30m`, `2d`; a bare number is seconds) into ms; null
+ * when malformed or shorter than a second. */
+export function parseDuration(text: string): number | null {
+  const spelled = /^\d+$/.test(text) ? text + "s" : text;
+  if (!/^(?:\d+[smhd])+$/.test(spelled)) return null;
+  let ms = 0;
+  for (const [, n, unit] of spelled.matchAll(/(\d+)([smhd])/g)) {
+    ms += Number(n) * DURATION_UNITS[unit];
+  }
+  return ms >= 1000 && Number.isSafeInteger(ms) ? ms : null;
+}
+
+/** A duration in ms the way people write it: `10m`, `1h`, `90s`. */
+export function formatDuration(ms: number): string {
+  for (const unit of ["d", "h", "m"]) {
+    if (ms % DURATION_UNITS[unit] === 0) return `${ms / DURATION_UNITS[unit]}${unit}`;
+  }
+  return `${Math.round(ms / 1000)}s`;
+}
+
+/** Keeps a tally's counts to the failures seen within a sliding window. */
+export interface SlidingWindow {
+  /** Notes `n` failures of `ip` (already in the tally) seen at `now` (ms). */
+  add(ip: string, n: number, now: number): void;
+  /** Takes the failures that left the window out of the tally's counts, and forgets the
+   * addresses left with none (their counts and PJSIP tries); returns those addresses. */
+  expire(now: number): string[];
+  /** Buckets held (one per address and bucket width with failures): memory, for tests. */
+  size(): number;
+}
+
+/**
+ * A sliding window of `windowMs` over `tally.counts`, like fail2ban's findtime, in buckets of
+ * `windowMs / 60` (one second at least): a failure counts from when it is seen until between
+ * `windowMs` and one bucket more later. Memory is one bucket per address and bucket width with
+ * failures, and a queue of the same, oldest first.
+ */
+export function slidingWindow(tally: Tally, windowMs: number): SlidingWindow {
+  const width = Math.max(1000, Math.ceil(windowMs / WINDOW_BUCKETS));
+  const buckets = new Map<string, number[]>(); // per address: bucket, count, bucket, count, …
+  let queue: string[] = []; // addresses in the order their buckets were opened
+  let queueBuckets: number[] = [];
+  let head = 0;
+  return {
+    add(ip, n, now) {
+      const bucket = Math.floor(now / width);
+      let list = buckets.get(ip);
+      if (list === undefined) {
+        ip = detach(ip);
+        buckets.set(ip, list = []);
+      }
+      if (list.length && list[list.length - 2] === bucket) list[list.length - 1] += n;
+      else {
+        list.push(bucket, n);
+        queue.push(ip);
+        queueBuckets.push(bucket);
+      }
+    },
+    expire(now) {
+      const cutoff = Math.floor((now - windowMs) / width); // older buckets are out entirely
+      const forgotten: string[] = [];
+      for (; head < queue.length && queueBuckets[head] < cutoff; head++) {
+        const ip = queue[head];
+        const list = buckets.get(ip) as number[];
+        const left = (tally.counts.get(ip) ?? 0) - list[1];
+        list.splice(0, 2);
+        if (list.length) tally.counts.set(ip, left);
+        else {
+          buckets.delete(ip);
+          tally.counts.delete(ip);
+          tally.lastTries.delete(ip);
+          forgotten.push(ip);
+        }
+      }
+      if (head > 4096 && head * 2 > queue.length) {
+        queue = queue.slice(head);
+        queueBuckets = queueBuckets.slice(head);
+        head = 0;
+      }
+      return forgotten;
+    },
+    size: () => queue.length - head,
+  };
+}
+
+/** What the watcher prints about an address that reached the threshold. */
+export interface WatchEvent extends Decision {
+  /** The family of the failure that brought it to the threshold. */
+  family: FamilyName;
+}
+
+/** An address that reached the threshold and waits for the next batch. */
+interface Due {
+  failures: number;
+  family: FamilyName;
+}
+
+/** One open file of a followed log: the log itself, or a file rotated away and still read. */
+interface Incarnation {
+  fd: number;
+  dev: bigint;
+  ino: bigint;
+  /** Bytes read so far. */
+  offset: number;
+  /** The last bytes before `offset` (up to {@link TAIL_BYTES}). */
+  tail: Buffer;
+  scanner: Scanner;
+  /** When it last grew (ms). */
+  grewAt: number;
+}
+
+/** A log named on the command line and what is open of it. */
+interface Followed {
+  path: string;
+  current: Incarnation | null;
+  /** Renamed or deleted away: read until idle for {@link RETIRE_MS}. */
+  retired: Incarnation[];
+  /** The read error last reported, so that each is reported once. */
+  reported: string | null;
+  /** It could be opened once: when it goes away, that is a rotation, not an error. */
+  opened: boolean;
+}
+
+/** A running watcher. */
+export interface Watcher {
+  /** Settles with the exit code when the watcher has stopped. */
+  done: Promise<number>;
+  /** Stops after one last read and batch (what SIGTERM and SIGINT do). */
+  stop(reason: string): void;
+  /** Checks every log again now, reporting errors anew, and rereads the firewall and this
+   * host's addresses (what SIGHUP does). */
+  reopen(): void;
+  /** Settles after the next complete poll: what was written before has been read, and the bans
+   * due have been tried. */
+  polled(): Promise<void>;
+  /** The counts (within the window, with `--window`). */
+  tally: Tally;
+  /** The window, with `--window`. */
+  window: SlidingWindow | null;
+}
+
+/** Never banned: loopback, this host's addresses, and `--ignore`. */
+function ignoreList(options: Options, deps: Deps): Cidr[] {
+  return [
+    ...IGNORE.map((text) => parseCidr(text) as Cidr),
+    ...deps.hostAddresses().map((address) => parseCidr(address) as Cidr),
+    ...options.ignore,
+  ];
+}
+
+/** True if the bytes just before `inc.offset` in `fd` are the ones read there. */
+function holdsTail(fd: number, inc: Incarnation): boolean {
+  const probe = Buffer.alloc(inc.tail.length);
+  return readSync(fd, probe, 0, probe.length, inc.offset - probe.length) === probe.length &&
+    probe.equals(inc.tail);
+}
+
+/** Reads what was appended to `fd` since `inc.offset` into the incarnation's scanner. */
+function readAppended(inc: Incarnation, fd: number, buffer: Buffer): number {
+  let total = 0;
+  for (;;) {
+    const n = readSync(fd, buffer, 0, buffer.length, inc.offset);
+    if (n === 0) return total;
+    inc.scanner.write(buffer.subarray(0, n));
+    inc.offset += n;
+    total += n;
+    inc.tail = n >= TAIL_BYTES
+      ? Buffer.from(buffer.subarray(n - TAIL_BYTES, n))
+      : Buffer.concat([inc.tail, buffer.subarray(0, n)]).subarray(-TAIL_BYTES);
+  }
+}
+
+/**
+ * After a copytruncate: finds the copy beside the log (a file whose name starts with the log's,
+ * holding at the same offset the bytes read last) and reads the rest of the old content from it:
+ * the lines written after the last poll and before the copy. Returns the copy's path, or null.
+ */
+function readCopy(path: string, inc: Incarnation, buffer: Buffer): string | null {
+  if (inc.tail.length === 0) return null;
+  const name = path.split("/").pop() as string;
+  let names: string[];
+  try {
+    names = readdirSync(dirname(path));
+  } catch {
+    return null;
+  }
+  for (const other of names) {
+    if (other === name || !other.startsWith(name)) continue;
+    const copy = join(dirname(path), other);
+    let fd: number | undefined;
+    try {
+      fd = openSync(copy, "r");
+      const stat = fstatSync(fd, { bigint: true });
+      if (!stat.isFile() || stat.ino === inc.ino || Number(stat.size) < inc.offset) continue;
+      if (!holdsTail(fd, inc)) continue;
+      readAppended(inc, fd, buffer);
+      return copy;
+    } catch {
+      continue; // unreadable: not the copy we can use
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
+  }
+  return null;
+}
+
+/** Stops reading standard input (Deno's needs its resource closed, or the process lingers). */
+function closeStream(stream: AsyncIterable<Uint8Array>): void {
+  try {
+    (stream as { destroy?: () => void }).destroy?.();
+    if (deno && stream === (process.stdin as unknown)) deno.stdin.close();
+  } catch { /* already closed */ }
+}
+
+/**
+ * Starts watching `options.logs` (or the default log) and standard input for `-`: see the
+ * section comment. Bans go through `deps.run`; events, one line each, to `deps.stdout`; errors to
+ * `deps.stderr`. The caller holds the lock.
+ */
+export function startWatcher(options: Options, deps: Deps): Watcher {
+  const tally = newTally();
+  const window = options.window ? slidingWindow(tally, options.window) : null;
+  const paths = options.logs.length ? options.logs.map((arg) => resolveLog(arg)) : [defaultLog()];
+  const logs: Followed[] = [...new Set(paths.filter((path) => path !== "-"))].map((path) => ({
+    path,
+    current: null,
+    retired: [],
+    reported: null,
+    opened: false,
+  }));
+  const pending = new Map<string, Due>(); // reached the threshold, not decided yet
+  const decided = new Set<string>(); // reached it and decided (forgotten with the window)
+  const states = new Map<IpVersion, ChainState>(); // read once, then kept up to date
+  const retry = { 4: { at: 0, delay: RETRY_MS }, 6: { at: 0, delay: RETRY_MS } };
+  const buffer = Buffer.allocUnsafe(CHUNK_SIZE);
+  const waiters: (() => void)[] = [];
+  let ignore = ignoreList(options, deps);
+  let now = performance.now();
+  let bans = 0;
+  let stopReason: string | null = null;
+  let reopenAsked = false;
+  let wake: (() => void) | null = null;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let stdin: AsyncIterable<Uint8Array> | null = null;
+  let finished = false;
+
+  /** Every counted failure: keep the window, and queue the address once it reaches the
+   * threshold, with the family that brought it there. */
+  const onFailure = (failure: Failure, counted: number): void => {
+    const ip = failure.address as string;
+    window?.add(ip, counted, now);
+    const failures = tally.counts.get(ip) ?? 0;
+    if (failures < options.threshold || pending.has(ip) || decided.has(ip)) return;
+    pending.set(detach(ip), { failures, family: failure.family });
+  };
+
+  const newScanner = () => createScanner(tally, onFailure);
+
+  /** Prints one line: a JSON object with `--json`, else the time and `text`. */
+  function say(fields: Record<string, unknown>, text: string): void {
+    const time = new Date().toISOString();
+    void deps.stdout(
+      options.json ? JSON.stringify({ time, ...fields }) + "\n" : `${time}  ${text}\n`,
+    );
+  }
+
+  /** Prints a line that is not a ban, unless `--quiet`. */
+  function notice(fields: Record<string, unknown>, text: string): void {
+    if (!options.quiet) say(fields, `sipcheck: ${text}`);
+  }
+
+  function reportOnce(log: Followed, error: unknown): void {
+    const why = describeFileError(error);
+    if (log.reported === why) return;
+    log.reported = why;
+    deps.stderr(`sipcheck: cannot read "${log.path}": ${why}; trying again\n`);
+  }
+
+  function open(log: Followed): Incarnation | null {
+    let fd: number | undefined;
+    try {
+      fd = openSync(log.path, "r");
+      const stat = fstatSync(fd, { bigint: true });
+      if (stat.isDirectory()) throw Object.assign(new Error("is a directory"), { code: "EISDIR" });
+      log.current = {
+        fd,
+        dev: stat.dev,
+        ino: stat.ino,
+        offset: 0,
+        tail: Buffer.alloc(0),
+        scanner: newScanner(),
+        grewAt: now,
+      };
+      log.reported = null;
+      return log.current;
+    } catch (error) {
+      if (fd !== undefined) closeSync(fd);
+      reportOnce(log, error);
+      return null;
+    }
+  }
+
+  function retire(log: Followed): void {
+    const current = log.current as Incarnation;
+    current.grewAt = now;
+    log.retired.push(current);
+    log.current = null;
+  }
+
+  /** Copytruncate: the rest of the old content from the copy, then the log from its start. */
+  function restart(log: Followed, inc: Incarnation): void {
+    const copy = readCopy(log.path, inc, buffer);
+    inc.scanner.end();
+    Object.assign(inc, { offset: 0, tail: Buffer.alloc(0), scanner: newScanner() });
+    notice(
+      { action: "log", log: log.path, change: "truncated", copy },
+      `${log.path} was truncated (copytruncate)` +
+        (copy ? `; its copy ${copy} was read to its end` : "") + "; reading it from the start",
+    );
+  }
+
+  /** Reads everything new of one log, and notices rotations. */
+  function pollLog(log: Followed, first: boolean): void {
+    log.retired = log.retired.filter((inc) => {
+      if (readAppended(inc, inc.fd, buffer) > 0) inc.grewAt = now;
+      if (now - inc.grewAt < RETIRE_MS) return true;
+      inc.scanner.end();
+      closeSync(inc.fd);
+      return false;
+    });
+    const current = log.current;
+    if (current) {
+      const size = Number(fstatSync(current.fd, { bigint: true }).size);
+      if (
+        size < current.offset || (size > current.offset && !holdsTail(current.fd, current))
+      ) restart(log, current);
+      readAppended(current, current.fd, buffer);
+    }
+    let stat;
+    try {
+      stat = statSync(log.path, { bigint: true });
+    } catch (error) {
+      if (log.current) {
+        retire(log);
+        notice(
+          { action: "log", log: log.path, change: "gone" },
+          `${log.path} is gone; reading what is still written to it, and waiting for it to come back`,
+        );
+      } else if (!log.opened) reportOnce(log, error);
+      return;
+    }
+    if (log.current && stat.ino === log.current.ino && stat.dev === log.current.dev) return;
+    const replaced = log.current !== null;
+    if (replaced) retire(log);
+    const inc = open(log);
+    if (!inc) return;
+    if (!first) {
+      const change = replaced ? "replaced" : log.opened ? "back" : "appeared";
+      notice(
+        { action: "log", log: log.path, change },
+        change === "replaced"
+          ? `${log.path} was replaced (rotated); reading the new file, and the old one while it grows`
+          : change === "back"
+          ? `${log.path} is back; reading it from the start`
+          : `reading ${log.path}`,
+      );
+    }
+    log.opened = true;
+    readAppended(inc, inc.fd, buffer);
+  }
+
+  /** Decides one family's due addresses and bans the new ones in one batch; throws on a
+   * firewall error. */
+  async function settle(version: IpVersion, due: [string, Due][]): Promise<WatchEvent[]> {
+    const counts = new Map(
+      due.map(([ip, d]) => [ip, Math.max(d.failures, tally.counts.get(ip) ?? 0)]),
+    );
+    const decideWith = (banned: ReadonlySet<string>) =>
+      decide(counts, { threshold: options.threshold, ignore, banned, dryRun: options.dryRun });
+    let decisions = decideWith(new Set());
+    if (decisions.some((d) => d.action === "banned")) {
+      const state = states.get(version) ?? await listChain(deps.run, version);
+      states.set(version, state);
+      decisions = decideWith(state.bans);
+      const fresh = decisions.filter((d) => d.action === "banned").map((d) => d.ip);
+      if (fresh.length) {
+        await addBans(deps.run, version, state, fresh);
+        for (const ip of fresh) state.bans.add(ip);
+        state.exists = true;
+        state.jumps = [...new Set([...state.jumps, ...jumpRules()])];
+        bans += fresh.length;
+      }
+    }
+    const families = new Map(due.map(([ip, d]) => [ip, d.family]));
+    return decisions.map((d) => ({ ...d, family: families.get(d.ip) as FamilyName }));
+  }
+
+  /** Tries the due addresses, one batch per family (a family whose last batch failed waits for
+   * its retry time unless `force`), and prints what happened, highest count first. */
+  async function flush(force: boolean): Promise<void> {
+    const events: WatchEvent[] = [];
+    for (const version of [4, 6] as const) {
+      const due = [...pending].filter(([ip]) => versionOf(ip) === version);
+      if (due.length === 0 || (!force && now < retry[version].at)) continue;
+      for (const [ip] of due) pending.delete(ip);
+      try {
+        events.push(...await settle(version, due));
+        for (const [ip] of due) decided.add(ip);
+        retry[version].delay = RETRY_MS;
+      } catch (error) {
+        for (const [ip, d] of due) pending.set(ip, d);
+        states.delete(version); // read it again before the next try
+        const delay = retry[version].delay;
+        retry[version] = { at: now + delay, delay: Math.min(2 * delay, RETRY_MAX_MS) };
+        const message = error instanceof SipcheckError
+          ? error.message
+          : `unexpected error: ${describeFileError(error)}`;
+        deps.stderr(
+          `sipcheck: ${message}; ${plural(due.length, "ban")} ` +
+            (stopReason ? "not applied\n" : `to try again in ${delay / 1000} s\n`),
+        );
+      }
+    }
+    const within = options.window ? ` in ${formatDuration(options.window)}` : "";
+    for (const e of events.sort((a, b) => b.failures - a.failures)) {
+      if (options.quiet && e.action !== "banned" && e.action !== "would-ban") continue;
+      say(
+        { action: e.action, ip: e.ip, failures: e.failures, family: e.family },
+        `${ACTION_WORDS[e.action].padEnd(15)} ${e.ip}  ${plural(e.failures, "failure")}` +
+          `${within} (${e.family})`,
+      );
+    }
+  }
+
+  /** Follows standard input until it closes; stops the watcher then if there is nothing else. */
+  async function followStdin(): Promise<void> {
+    const scanner = newScanner();
+    stdin = deps.stdin();
+    try {
+      for await (const chunk of stdin) {
+        now = performance.now();
+        scanner.write(chunk);
+        if (stopReason) return;
+      }
+      scanner.end();
+    } catch (error) {
+      if (stopReason) return;
+      deps.stderr(`sipcheck: cannot read standard input: ${describeFileError(error)}\n`);
+    }
+    if (logs.length === 0) stop("end of input");
+  }
+
+  function settings(): string {
+    return `threshold ${options.threshold}` +
+      (options.window ? `, window ${formatDuration(options.window)}` : "") +
+      (options.dryRun ? ", dry run" : "");
+  }
+
+  /** The poll loop: read, forget what left the window, ban, sleep; until stopped. */
+  async function loop(): Promise<number> {
+    for (let first = true;; first = false) {
+      now = performance.now();
+      const last = stopReason !== null; // a stop is followed by one whole poll
+      const waiting = waiters.splice(0);
+      if (reopenAsked) {
+        reopenAsked = false;
+        states.clear();
+        decided.clear();
+        ignore = ignoreList(options, deps);
+        for (const log of logs) log.reported = null;
+      }
+      for (const log of logs) {
+        try {
+          pollLog(log, first);
+        } catch (error) {
+          reportOnce(log, error);
+        }
+      }
+      for (const ip of window?.expire(now) ?? []) decided.delete(ip);
+      await flush(last);
+      if (first) {
+        notice(
+          {
+            action: "watching",
+            logs: paths,
+            threshold: options.threshold,
+            window: options.window ? options.window / 1000 : null,
+            dryRun: options.dryRun,
+            lines: tally.lines,
+            failures: tally.failures,
+            addresses: tally.counts.size,
+          },
+          `watching ${paths.join(", ")} (${settings()}): ${plural(tally.lines, "line")}, ` +
+            `${plural(tally.failures, "failure")} from ${tally.counts.size} ` +
+            `${tally.counts.size === 1 ? "address" : "addresses"} so far`,
+        );
+      }
+      for (const resolve of waiting) resolve();
+      if (last) break;
+      if (stopReason !== null) continue;
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        timer = setTimeout(resolve, POLL_MS);
+      });
+    }
+    return pending.size && stopReason === "end of input" && !options.dryRun
+      ? EXIT.unavailable
+      : EXIT.ok;
+  }
+
+  /** Closes every file and standard input, and says goodbye. */
+  function finish(): void {
+    for (const log of logs) {
+      for (const inc of [...log.retired, ...(log.current ? [log.current] : [])]) {
+        try {
+          closeSync(inc.fd);
+        } catch { /* closed */ }
+      }
+      log.current = null;
+      log.retired = [];
+    }
+    if (stdin) closeStream(stdin);
+    notice(
+      { action: "stopped", reason: stopReason, lines: tally.lines, failures: tally.failures, bans },
+      `stopped (${stopReason}): ${plural(tally.lines, "line")}, ` +
+        `${plural(tally.failures, "failure")}, ${bans} banned since the start`,
+    );
+    finished = true;
+    for (const resolve of waiters.splice(0)) resolve();
+  }
+
+  function stop(reason: string): void {
+    stopReason ??= reason;
+    clearTimeout(timer);
+    wake?.();
+  }
+
+  if (paths.includes("-")) void followStdin();
+  const done = loop().finally(finish);
+  return {
+    done,
+    stop,
+    reopen() {
+      reopenAsked = true;
+      clearTimeout(timer);
+      wake?.();
+    },
+    polled: () => finished ? Promise.resolve() : new Promise((resolve) => waiters.push(resolve)),
+    tally,
+    window,
+  };
+}
+
+/** The signals a watcher answers: SIGTERM and SIGINT stop it, SIGHUP reopens the logs. */
+const WATCH_SIGNALS = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
+
+/** `sipcheck watch`: runs a watcher until SIGTERM or SIGINT (then exit 0). Signals need no Deno
+ * permission. */
+export async function watch(options: Options, deps: Deps): Promise<number> {
+  const watcher = startWatcher(options, deps);
+  const handlers = WATCH_SIGNALS.map((signal) =>
+    [signal, () => signal === "SIGHUP" ? watcher.reopen() : watcher.stop(signal)] as const
+  );
+  for (const [signal, handler] of handlers) process.on(signal, handler);
+  try {
+    return await watcher.done;
+  } finally {
+    for (const [signal, handler] of handlers) process.off(signal, handler);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Command line
 // ---------------------------------------------------------------------------------------------
 
@@ -4410,6 +5018,8 @@ Usage:
   sipcheck.ts [options] [LOG ...]   scan LOGs, ban every address with >= ${THRESHOLD} failures
   sipcheck.ts clear                  remove every rule sipcheck added, and nothing else
   sipcheck.ts list                   print the addresses sipcheck bans now
+  sipcheck.ts watch [options] [LOG ...]
+                                     follow LOGs, ban as soon as an address reaches it
   sipcheck.ts audit [--config-dir DIR] [--json]
                                      look for toll-fraud holes in Asterisk's configuration
 
@@ -4420,10 +5030,13 @@ Options:
   -n, --dry-run          scan and report, change nothing (needs no root)
   -t, --threshold N      ban at N failures instead of ${THRESHOLD}
   -i, --ignore ADDR|CIDR never ban these (repeatable); loopback and this host never are
-      --json             print one JSON object (list: a JSON array)
+      --json             print one JSON object (list: a JSON array; watch: one per line)
   -q, --quiet            print only new bans and errors
+      --window DURATION  watch: count only failures seen in the last DURATION (30s, 10m, 1h)
   -h, --help             print this help
   -V, --version          print the version
+
+watch runs until SIGTERM or SIGINT (exit 0); SIGHUP reopens the logs.
 
 Exit codes: 0 done, 64 usage error, 66 a log could not be read, 69 iptables missing
 or failed, 75 another sipcheck holds the lock, 77 not root, 1 unexpected error.
@@ -4439,10 +5052,11 @@ const OPTIONS = {
   quiet: { type: "boolean", short: "q" },
   help: { type: "boolean", short: "h" },
   version: { type: "boolean", short: "V" },
+  window: { type: "string" },
 } as const;
 
 /** Commands that are not a scan. */
-const COMMANDS = ["clear", "list"] as const;
+const COMMANDS = ["clear", "list", "watch"] as const;
 type Command = "scan" | (typeof COMMANDS)[number];
 
 /** Parsed command line. */
@@ -4456,6 +5070,8 @@ export interface Options {
   quiet: boolean;
   help: boolean;
   version: boolean;
+  /** `watch --window`: the sliding window in ms, or null to count since the start. */
+  window: number | null;
 }
 
 /** Parses argv; throws SipcheckError(64) with a one-line message on bad usage. */
@@ -4470,7 +5086,7 @@ export function parseOptions(argv: readonly string[]): Options {
   let command: Command = "scan";
   if ((COMMANDS as readonly string[]).includes(positionals[0])) {
     command = positionals.shift() as Command;
-    if (positionals.length) {
+    if (command !== "watch" && positionals.length) {
       throw new SipcheckError(
         EXIT.usage,
         `"${command}" takes no log names (got "${positionals[0]}")`,
@@ -4500,6 +5116,17 @@ export function parseOptions(argv: readonly string[]): Options {
     }
     return block;
   });
+  let window: number | null = null;
+  if (values.window !== undefined) {
+    if (command !== "watch") throw new SipcheckError(EXIT.usage, '--window is only for "watch"');
+    window = parseDuration(values.window);
+    if (window === null) {
+      throw new SipcheckError(
+        EXIT.usage,
+        `--window takes a duration such as 30s, 10m or 1h, not "${values.window}"`,
+      );
+    }
+  }
   return {
     command,
     logs: positionals,
@@ -4510,6 +5137,7 @@ export function parseOptions(argv: readonly string[]): Options {
     quiet: values.quiet ?? false,
     help: values.help ?? false,
     version: values.version ?? false,
+    window,
   };
 }
 
@@ -4535,7 +5163,7 @@ function requireRoot(deps: Deps, command: Command): void {
   if (deps.uid() === 0) return;
   throw new SipcheckError(
     EXIT.noPermission,
-    command === "scan"
+    command === "scan" || command === "watch"
       ? "changing the firewall needs root; use --dry-run (-n) to scan without changing anything"
       : `"${command}" needs root: iptables cannot be read or changed without it`,
   );
@@ -4698,6 +5326,7 @@ export async function main(
       locked = true;
     }
     if (options.command === "clear") return await clear(options, deps);
+    if (options.command === "watch") return await watch(options, deps);
     return await scan(options, deps);
   } catch (error) {
     if (error instanceof SipcheckError) {

@@ -16,6 +16,8 @@
  *   --dir D          where to write the logs (default a new directory under the temp dir)
  *   --keep           keep the generated logs
  *   --rss-by-polling measure peak RSS by polling /proc even where GNU time exists
+ *   --crossings N    threshold crossings timed for the watch latency (default 200; 0 skips it)
+ *   --background N   background lines per second for the second latency run (default 10,000)
  * ```
  *
  * What it does:
@@ -34,6 +36,8 @@
  *    generated log, then runs again with all of them already banned. The baseline is one
  *    `iptables -w -A sipcheck -s ADDR -j DROP` process per ban (ip6tables for IPv6), timed for
  *    `--sample` addresses and extrapolated. The host's firewall is never touched.
+ * 5. Watch latency (`sipcheck watch`): see the section "Watch latency" below; p50, p99 and max
+ *    over `--crossings` threshold crossings, without and with `--background` lines per second.
  *
  * @module
  */
@@ -50,6 +54,7 @@ import {
   readSync,
   rmSync,
   writeFileSync,
+  writeSync,
 } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { dirname, join } from "node:path";
@@ -93,6 +98,8 @@ function parseOptions(argv: string[]) {
     dir: "",
     keep: false,
     polling: false,
+    crossings: 200,
+    background: 10_000,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -112,6 +119,8 @@ function parseOptions(argv: string[]) {
     else if (a === "--dir") o.dir = argv[++i] ?? "";
     else if (a === "--keep") o.keep = true;
     else if (a === "--rss-by-polling") o.polling = true;
+    else if (a === "--crossings") o.crossings = num();
+    else if (a === "--background") o.background = num();
     else throw new Error(`unknown option ${a} (see the header of test/bench.ts)`);
   }
   return o;
@@ -502,6 +511,182 @@ function baselineRun(log: WrittenLog, sample: number, dir: string) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Watch latency (issue 5): from the write of the line that brings an address to the threshold
+// until `sipcheck watch` reports the ban. The watcher prints a ban after iptables-restore has
+// returned, so this is an upper bound of "line written → DROP rule in the kernel" (plus a pipe
+// hop back to this process). As root, the watcher runs with the real iptables in a private
+// network and mount namespace (`unshare -n -m`, tmpfs on /run for the lock); otherwise it runs
+// with --dry-run and the figure is line → decision only. Crossings are one at a time, each
+// after a random pause of 0–100 ms (so that the 50 ms poll is met at every phase), optionally
+// over background traffic appended at a steady rate (benign lines and failures of addresses
+// that never reach the threshold).
+
+/** The threshold used for the latency runs: each address gets LATENCY_THRESHOLD - 1 lines first. */
+const LATENCY_THRESHOLD = 5;
+
+interface LatencyResult {
+  runtime: string;
+  /** Background lines per second actually written (0 for none). */
+  background: number;
+  crossings: number;
+  p50: number;
+  p99: number;
+  max: number;
+  /** Real iptables in a namespace, or --dry-run. */
+  firewall: boolean;
+}
+
+const latencyLine = (address: string) =>
+  `[2026-11-25 08:00:00.001] NOTICE[2210] chan_sip.c: Registration from '<sip:1@192.0.2.10>' ` +
+  `failed for '${address}:5060' - Wrong password\n`;
+const LATENCY_BENIGN =
+  `[2026-11-25 08:04:00.000] VERBOSE[2290] pbx.c: Executing [s@macro-dial:1] ` +
+  `Set("PJSIP/1-1", "X=1") in new stack\n`;
+
+/** The nearest-rank percentile of sorted values. */
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)];
+}
+
+/**
+ * Runs one watcher and measures `crossings` threshold crossings, with `rate` background lines per
+ * second (0: none). Returns null (and records a problem) when the watcher misbehaves.
+ */
+async function watchLatency(
+  rt: Runtime,
+  crossings: number,
+  rate: number,
+  firewall: boolean,
+  dir: string,
+): Promise<LatencyResult | null> {
+  const log = join(dir, `watch-latency-${rt.name}-${rate}.log`);
+  const address = (i: number) => `198.18.${i >> 8}.${i & 255}`;
+  let head = "";
+  for (let i = 0; i < crossings; i++) head += latencyLine(address(i)).repeat(LATENCY_THRESHOLD - 1);
+  writeFileSync(log, head);
+  const args = ["watch", "--json", "-t", String(LATENCY_THRESHOLD), log];
+  const child = firewall
+    ? spawn("unshare", [
+      "-n",
+      "-m",
+      "sh",
+      "-c",
+      'mount -t tmpfs tmpfs /run && exec "$@"',
+      "sh",
+      rt.cmd,
+      ...rt.firewall,
+      ...args,
+    ], { stdio: ["ignore", "pipe", "pipe"] })
+    : spawn(rt.cmd, [...rt.scan, ...args.slice(0, 1), "--dry-run", ...args.slice(1)], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+  const waiting = new Map<string, (at: number) => void>();
+  let started: () => void = () => {};
+  const start = new Promise<void>((resolve) => started = resolve);
+  let stderr = "";
+  let partial = "";
+  child.stderr?.on("data", (data) => stderr += String(data));
+  child.stdout?.on("data", (data) => {
+    const at = performance.now();
+    const lines = (partial + String(data)).split("\n");
+    partial = lines.pop() ?? "";
+    for (const line of lines) {
+      const event = JSON.parse(line);
+      if (event.action === "watching") started();
+      if (event.ip !== undefined) waiting.get(event.ip)?.(at);
+    }
+  });
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  const fail = (why: string) => {
+    problems.push(`watch latency, ${rt.label}: ${why}`);
+    say(`  watch latency, ${rt.label}: ${why}`);
+    if (child.pid) process.kill(child.pid, "SIGKILL");
+    return null;
+  };
+  /** Waits for a promise, at most `ms`. */
+  const within = <T>(promise: Promise<T>, ms: number) =>
+    Promise.race([promise, new Promise<null>((resolve) => setTimeout(() => resolve(null), ms))]);
+
+  if (await within(start.then(() => true), 30_000) === null) {
+    return fail(`the watcher did not start: ${stderr.trim().slice(0, 300)}`);
+  }
+  const fd = openSync(log, "a");
+  // Background traffic: 100 ticks a second, each writing what is due by then.
+  let written = 0;
+  const t0 = performance.now();
+  let serial = 0;
+  const tick = () => {
+    const due = Math.floor(((performance.now() - t0) * rate) / 1000) - written;
+    if (due <= 0) return;
+    let text = "";
+    for (let i = 0; i < due; i++, serial++) {
+      // One in ten is a failure, of one of 65,536 addresses in turn: far from the threshold.
+      text += serial % 10 === 0
+        ? latencyLine(`198.19.${(serial >> 11) & 255}.${(serial >> 3) & 255}`)
+        : LATENCY_BENIGN;
+    }
+    writeSync(fd, text);
+    written += due;
+  };
+  const timer = rate > 0 ? setInterval(tick, 10) : undefined;
+  const latencies: number[] = [];
+  try {
+    for (let i = 0; i < crossings; i++) {
+      await new Promise((resolve) => setTimeout(resolve, Math.random() * 100));
+      const seen = new Promise<number>((resolve) => waiting.set(address(i), resolve));
+      const wrote = performance.now();
+      writeSync(fd, latencyLine(address(i)));
+      const at = await within(seen, 10_000);
+      if (at === null) return fail(`no ban for ${address(i)} within 10 s; ${stderr.trim()}`);
+      latencies.push(at - wrote);
+      waiting.delete(address(i));
+    }
+  } finally {
+    clearInterval(timer);
+    closeSync(fd);
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  process.kill(child.pid!, "SIGTERM");
+  const code = await within(exited, 10_000);
+  if (code !== 0) return fail(`exit ${code} after SIGTERM; ${stderr.trim().slice(0, 300)}`);
+  rmSync(log, { force: true });
+  latencies.sort((a, b) => a - b);
+  return {
+    runtime: rt.label,
+    background: rate > 0 ? written / seconds : 0,
+    crossings: latencies.length,
+    p50: percentile(latencies, 0.5),
+    p99: percentile(latencies, 0.99),
+    max: latencies[latencies.length - 1],
+    firewall,
+  };
+}
+
+/** The latency table for the summary. */
+function sayLatency(results: LatencyResult[]): void {
+  const how = results[0].firewall
+    ? "real iptables-restore in a private network namespace"
+    : "--dry-run (not root, or no unshare/iptables: line to decision, no firewall)";
+  say(
+    `Watch latency: from writing the line that brings an address to threshold ` +
+      `${LATENCY_THRESHOLD} until \`sipcheck watch\` reports the ban, printed after ` +
+      `iptables-restore returned; ${how}; one crossing at a time, after a random pause of ` +
+      `0–100 ms. Issue 5 asks for p99 ≤ 250 ms.`,
+  );
+  say();
+  say(`| Runtime | Background traffic | Crossings | p50 | p99 | max |`);
+  say(`|---|--:|--:|--:|--:|--:|`);
+  const ms = (x: number) => `${x.toFixed(1)} ms`;
+  for (const r of results) {
+    say(
+      `| ${r.runtime} | ${r.background ? `${fmtInt(r.background)} lines/s` : "none"} | ` +
+        `${r.crossings} | ${ms(r.p50)} | ${ms(r.p99)} | ${ms(r.max)} |`,
+    );
+  }
+  say();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Main
 
 interface Row {
@@ -705,6 +890,29 @@ async function main(): Promise<number> {
     say();
   } else fwNote = "firewall part skipped: --no-firewall";
 
+  // 5. Watch latency.
+  const latency: LatencyResult[] = [];
+  if (o.crossings > 0) {
+    const why = o.firewall ? firewallSkipReason() : "--no-firewall";
+    say(
+      `watch latency: ${fmtInt(o.crossings)} crossings per run, ` +
+        (why ? `--dry-run (${why})` : "real iptables in a private namespace"),
+    );
+    for (const rt of runtimes) {
+      for (const rate of [0, o.background]) {
+        const r = await watchLatency(rt, o.crossings, rate, why === null, dir);
+        if (r) {
+          latency.push(r);
+          say(
+            `  ${rt.label}, ${rate ? `${fmtInt(r.background)} lines/s` : "quiet log"}: ` +
+              `p50 ${r.p50.toFixed(1)} ms, p99 ${r.p99.toFixed(1)} ms, max ${r.max.toFixed(1)} ms`,
+          );
+        }
+      }
+    }
+    say();
+  }
+
   // Summary.
   say(`## Results`);
   say();
@@ -763,6 +971,7 @@ async function main(): Promise<number> {
     say(fwNote);
     say();
   }
+  if (latency.length) sayLatency(latency);
 
   if (!o.keep) {
     for (const f of files) rmSync(f, { force: true });

@@ -1,0 +1,230 @@
+/**
+ * `sipcheck watch` as a real process under the runtime that runs these tests: it follows a log,
+ * answers SIGHUP, stops on SIGTERM and SIGINT with exit 0 (also while it reads standard input),
+ * stops by itself when standard input closes, needs no Deno permission beyond the shebang's, and,
+ * as root in a private network namespace, bans with the real iptables on an appended line while
+ * holding the lock that makes a cron run step back. Waits are for output, with a generous
+ * deadline; nothing asserts timings.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { appendFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import process from "node:process";
+import { after, describe, test } from "node:test";
+import {
+  cliCommand,
+  firewallSkipReason,
+  inNamespace,
+  RUNTIME,
+  shebangFlags,
+  shellQuote,
+  sipcheck,
+  tempDir,
+} from "./helpers.ts";
+
+const dir = tempDir();
+after(dir.remove);
+
+const REGISTER = (address: string) =>
+  `[2026-11-25 08:00:00.001] NOTICE[2210] chan_sip.c: Registration from '<sip:1@192.0.2.10>' ` +
+  `failed for '${address}' - Wrong password\n`;
+
+/** Writes a log in the temp dir. */
+function log(name: string, text: string): string {
+  const path = join(dir.path, name);
+  writeFileSync(path, text);
+  return path;
+}
+
+/** A watcher process, its output so far, and a way to wait for a line. */
+function spawnWatcher(args: string[], flags?: string[]) {
+  const argv = cliCommand(["watch", ...args], flags);
+  const child: ChildProcess = spawn(argv[0], argv.slice(1), {
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stdout!.on("data", (data) => out += data);
+  child.stderr!.on("data", (data) => err += data);
+  const exited = new Promise<number | string>((resolve) =>
+    child.on("exit", (code, signal) => resolve(code ?? signal ?? -1))
+  );
+  return {
+    child,
+    exited,
+    /** Sends a signal. (Not child.kill: Deno's child_process then reports the signal as the
+     * cause of the exit, whatever the exit code was.) */
+    signal(name: NodeJS.Signals): void {
+      process.kill(child.pid!, name);
+    },
+    out: () => out,
+    err: () => err,
+    /** Waits until stdout matches (at most 30 s; a failing wait kills the watcher). */
+    async waitFor(pattern: RegExp): Promise<void> {
+      for (let i = 0; i < 1500 && !pattern.test(out); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      if (!pattern.test(out)) {
+        child.kill("SIGKILL");
+        assert.fail(`no ${pattern} in the watcher's output:\n${out}\nstderr:\n${err}`);
+      }
+    },
+  };
+}
+
+describe(`sipcheck.ts watch under ${RUNTIME}`, () => {
+  test("follows a log, answers SIGHUP, and stops on SIGTERM with exit 0", async () => {
+    const path = log("follow.log", REGISTER("203.0.113.1:5060").repeat(2));
+    const w = spawnWatcher(["-n", "-t", "3", "--json", path]);
+    await w.waitFor(/"action":"watching"/);
+    appendFileSync(path, REGISTER("203.0.113.1:5060"));
+    await w.waitFor(/"would-ban"/);
+    w.signal("SIGHUP");
+    appendFileSync(path, REGISTER("[2001:db8::1]:5060").repeat(3));
+    await w.waitFor(/"ip":"2001:db8::1"/);
+    w.signal("SIGTERM");
+    assert.equal(await w.exited, 0, w.err());
+    assert.equal(w.err(), "");
+    const lines = w.out().trim().split("\n").map((line) => JSON.parse(line));
+    assert.deepEqual(lines.map((line) => line.action), [
+      "watching",
+      "would-ban",
+      "would-ban",
+      "stopped",
+    ]);
+    assert.deepEqual(
+      lines.slice(1, 3).map((line) => [line.ip, line.failures, line.family]),
+      [["203.0.113.1", 3, "sip-register"], ["2001:db8::1", 3, "sip-register"]],
+    );
+    assert.equal(lines[3].reason, "SIGTERM");
+    assert.equal(lines[3].lines, 6);
+  });
+
+  test("SIGINT stops it too; the text output has the time, address, count and family", async () => {
+    const path = log("sigint.log", REGISTER("203.0.113.2").repeat(4));
+    const w = spawnWatcher(["-n", "-t", "4", path]);
+    await w.waitFor(/watching/);
+    w.signal("SIGINT");
+    assert.equal(await w.exited, 0);
+    const [ban, watching, stopped] = w.out().trim().split("\n");
+    assert.match(
+      ban,
+      /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z {2}would ban {7}203\.0\.113\.2 {2}4 failures \(sip-register\)$/,
+    );
+    assert.match(watching, /sipcheck: watching .*sigint\.log \(threshold 4, dry run\): 4 lines/);
+    assert.match(stopped, /sipcheck: stopped \(SIGINT\): 4 lines, 4 failures, 0 banned/);
+  });
+
+  test("standard input is followed until it closes, then it exits 0", () => {
+    const ran = sipcheck(
+      ["watch", "-n", "-q", "-t", "2", "-"],
+      REGISTER("203.0.113.3").repeat(2) + REGISTER("203.0.113.4"),
+    );
+    assert.equal(ran.code, 0, ran.stderr);
+    assert.equal(ran.stderr, "");
+    assert.match(ran.stdout, /^\S+ {2}would ban +203\.0\.113\.3 {2}2 failures \(sip-register\)\n$/);
+  });
+
+  test("SIGTERM while standard input is still open: exit 0", async () => {
+    const w = spawnWatcher(["-n", "-t", "2", "--json", "-"]);
+    w.child.stdin!.write(REGISTER("203.0.113.5").repeat(2));
+    await w.waitFor(/"would-ban"/);
+    w.signal("SIGTERM");
+    assert.equal(await w.exited, 0, w.err());
+    assert.match(w.out(), /"action":"stopped".*"reason":"SIGTERM"/);
+  });
+
+  test("an unreadable log is reported once, and read when it appears", async () => {
+    const path = join(dir.path, "later.log");
+    const w = spawnWatcher(["-n", "-t", "1", path]);
+    await w.waitFor(/watching/);
+    writeFileSync(path, REGISTER("203.0.113.6"));
+    await w.waitFor(/would ban +203\.0\.113\.6/);
+    w.signal("SIGTERM");
+    assert.equal(await w.exited, 0);
+    assert.equal(w.err(), `sipcheck: cannot read "${path}": no such file; trying again\n`);
+  });
+});
+
+describe(
+  "the shebang's permission flags are enough for watch (Deno)",
+  { skip: RUNTIME !== "deno" && "Deno only" },
+  () => {
+    test("following a log, SIGHUP and SIGTERM need nothing more than the cron run", async () => {
+      // The same flags, with this test's directory where /var/log/asterisk is.
+      const flags = shebangFlags().map((flag) => flag.replace("/var/log/asterisk", dir.path));
+      assert.notDeepEqual(flags, shebangFlags());
+      const path = log("flags.log", "");
+      const w = spawnWatcher(["-n", "-t", "2", path], flags);
+      await w.waitFor(/watching/);
+      appendFileSync(path, REGISTER("203.0.113.7").repeat(2));
+      await w.waitFor(/would ban +203\.0\.113\.7/);
+      w.signal("SIGHUP");
+      appendFileSync(path, REGISTER("203.0.113.8").repeat(2));
+      await w.waitFor(/would ban +203\.0\.113\.8/);
+      w.signal("SIGTERM");
+      assert.equal(await w.exited, 0, w.err());
+      assert.equal(w.err(), "", "no permission prompt or error");
+    });
+    test("standard input with exactly the shebang's flags", async () => {
+      const w = spawnWatcher(["-n", "-t", "1", "-"], shebangFlags());
+      w.child.stdin!.write(REGISTER("203.0.113.9"));
+      await w.waitFor(/would ban +203\.0\.113\.9/);
+      w.signal("SIGTERM");
+      assert.equal(await w.exited, 0, w.err());
+      assert.equal(w.err(), "");
+    });
+  },
+);
+
+const skip = firewallSkipReason();
+
+describe("a real ban in a private network namespace", { skip: skip ?? false }, () => {
+  test("an appended line bans within the watch; a cron run meanwhile exits 75; SIGTERM frees the lock", () => {
+    const path = log(
+      "ns.log",
+      REGISTER("203.0.113.20:5060").repeat(4) + REGISTER("[2001:db8::20]:5060").repeat(4),
+    );
+    const crossing = REGISTER("203.0.113.20:5060") + REGISTER("[2001:db8::20]:5060");
+    const watcher = cliCommand(["watch", "-t", "5", path], [
+      "--no-prompt",
+      "--allow-read",
+      "--allow-write=/run",
+      "--allow-run",
+      "--allow-sys=uid,networkInterfaces",
+    ]).map(shellQuote).join(" ");
+    const ran = inNamespace([
+      `wait_for() { i=0; until grep -q "$1" /run/out; do i=$((i+1)); [ $i -gt 600 ] && { echo "no $1"; cat /run/out /run/err; exit 98; }; sleep 0.05; done; }`,
+      `${watcher} > /run/out 2> /run/err & pid=$!`,
+      "wait_for watching",
+      'echo "lock: $(cat /run/sipcheck.lock)" | sed "s/ $pid / PID /"; echo ==',
+      `sipcheck -q ${shellQuote(path)} 2>&1; echo "cron exit $?"; echo ==`,
+      "iptables -S; ip6tables -S; echo ==",
+      `printf '%s' ${shellQuote(crossing)} >> ${shellQuote(path)}`,
+      "wait_for 2001:db8::20",
+      "iptables -S sipcheck; ip6tables -S sipcheck; echo ==",
+      'kill -TERM $pid; wait $pid; echo "watch exit $?"',
+      '[ -e /run/sipcheck.lock ] && echo "lock left" || echo "lock released"; echo ==',
+      "cat /run/out; echo ==; cat /run/err",
+    ].join("\n"));
+    assert.equal(ran.code, 0, `script failed (${ran.code}): ${ran.stderr}\n${ran.stdout}`);
+    const [lock, cron, before, rules, end, out, err] = ran.stdout.split("==\n");
+    assert.equal(lock, "lock: PID watch\n", "the lock holds the watcher's pid and mode");
+    assert.match(cron, /a sipcheck watcher is active \(pid \d+, lock \/run\/sipcheck\.lock\)/);
+    assert.match(cron, /cron exit 75\n$/);
+    assert.doesNotMatch(before, /sipcheck/, "nothing banned below the threshold");
+    assert.equal(
+      rules,
+      "-N sipcheck\n-A sipcheck -s 203.0.113.20/32 -j DROP\n" +
+        "-N sipcheck\n-A sipcheck -s 2001:db8::20/128 -j DROP\n",
+    );
+    assert.equal(end, "watch exit 0\nlock released\n");
+    const lines = out.trim().split("\n");
+    assert.match(lines[0], /sipcheck: watching .*ns\.log \(threshold 5\): 8 lines, 8 failures/);
+    assert.match(lines[1], /Z {2}banned {10}203\.0\.113\.20 {2}5 failures \(sip-register\)$/);
+    assert.match(lines[2], /Z {2}banned {10}2001:db8::20 {2}5 failures \(sip-register\)$/);
+    assert.match(lines[3], /sipcheck: stopped \(SIGTERM\): 10 lines, 10 failures, 2 banned/);
+    assert.equal(err, "");
+  });
+});
