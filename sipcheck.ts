@@ -1300,6 +1300,23 @@ export class AddressCounts {
     return this.entries();
   }
 
+  /** The entries by value, highest first (first seen first among equals), each address's text
+   * made only when it is reached. */
+  *byValue(): IterableIterator<[string, number]> {
+    const live = new Uint32Array(this.#live);
+    for (let entry = 0, n = 0; entry < this.#used; entry++) {
+      if (this.#kinds[entry] !== DELETED) live[n++] = entry;
+    }
+    const values = this.#values;
+    live.sort((a, b) => values[b] - values[a] || a - b);
+    for (const entry of live) {
+      const kind = this.#kinds[entry];
+      if (kind === DELETED) continue; // deleted meanwhile
+      const text = kind === IPV4 ? ipv4Text(this.#keys[entry]) : this.#otherText.get(entry)!;
+      yield [text, values[entry]];
+    }
+  }
+
   /** The contents as typed arrays, to send to another thread. */
   snapshot(): CountsSnapshot {
     return {
@@ -1628,12 +1645,6 @@ export function decide(counts: Iterable<[string, number]>, options: DecideOption
 }
 
 /** Addresses in descending order of failures (first seen first among equals). */
-function* byFailures(counts: AddressCounts): Generator<[string, number]> {
-  const ips = [...counts.keys()];
-  const failures = Float64Array.from(counts.values());
-  const order = Uint32Array.from(ips.keys()).sort((a, b) => failures[b] - failures[a] || a - b);
-  for (const i of order) yield [ips[i], failures[i]];
-}
 
 /** Totals printed with the report. */
 export interface ScanSummary {
@@ -1717,7 +1728,7 @@ export function* jsonReport(
   yield JSON.stringify(head).slice(0, -1) + ',"addresses":[';
   let piece: string[] = [];
   let first = true;
-  for (const [ip, failures] of byFailures(tally.counts)) {
+  for (const [ip, failures] of tally.counts.byValue()) {
     const entry = {
       ip,
       failures,
