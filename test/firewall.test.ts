@@ -22,6 +22,7 @@ import {
   cliCommand,
   firewallSkipReason,
   inNamespace,
+  REGISTER,
   RUNTIME,
   shellQuote,
   SIPCHECK,
@@ -30,10 +31,6 @@ import {
 
 const dir = tempDir();
 after(dir.remove);
-
-const REGISTER = (address: string) =>
-  `[2026-11-25 08:00:00.001] NOTICE[2210] chan_sip.c: Registration from '<sip:1@192.0.2.10>' ` +
-  `failed for '${address}' - Wrong password\n`;
 
 /** Writes a log in the temp dir with `n` failures per address and returns its path. */
 function log(name: string, failures: Record<string, number>): string {

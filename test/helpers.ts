@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
+import { CHAIN, type RunResult } from "../sipcheck.ts";
 
 /** The repository root. */
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -122,3 +123,72 @@ export function inNamespace(script: string): Ran {
     `mount -t tmpfs tmpfs /run || exit 99\nsipcheck() { ${command} "$@"; }\n${script}`,
   ]);
 }
+
+/**
+ * A fake iptables/ip6tables(-restore) that understands what sipcheck sends, with failures, a
+ * missing binary and held calls on demand. The real one is tested in firewall.test.ts.
+ */
+export class FakeFirewall {
+  chains = {
+    4: new Map<string, string[]>([["INPUT", []]]),
+    6: new Map<string, string[]>([["INPUT", []]]),
+  };
+  calls: string[] = [];
+  /** Restore calls of that family fail. */
+  fail: { 4: boolean; 6: boolean } = { 4: false, 6: false };
+  /** Every call fails as if the binary were not there. */
+  missing = false;
+  /** While set, restore calls wait for it. */
+  hold: Promise<void> | null = null;
+  /** Called when a restore call starts. */
+  onRestore: () => void = () => {};
+
+  run = async (binary: string, args: readonly string[], input?: string): Promise<RunResult> => {
+    this.calls.push([binary, ...args].join(" ") + (input ? "\n" + input : ""));
+    if (this.missing) throw Object.assign(new Error("spawn ENOENT"), { code: "ENOENT" });
+    if (binary.endsWith("/bin/kill")) return { code: 1, stdout: "", stderr: "" };
+    const version = binary.includes("ip6tables") ? 6 : 4;
+    const chains = this.chains[version];
+    if (binary.endsWith("-restore")) {
+      this.onRestore();
+      if (this.hold) await this.hold;
+      if (this.fail[version]) {
+        return { code: 2, stdout: "", stderr: "iptables-restore: line 3 failed\n" };
+      }
+      for (const line of (input ?? "").split("\n")) {
+        const words = line.split(" ");
+        if (line.startsWith(":")) chains.set(line.slice(1).split(" ")[0], []);
+        else if (words[0] === "-A") chains.get(words[1])!.push(line);
+        else if (words[0] === "-I") {
+          chains.get(words[1])!.unshift(`-A ${words[1]} ${words.slice(3).join(" ")}`);
+        } else if (words[0] === "-D") {
+          const rules = chains.get(words[1])!;
+          rules.splice(rules.indexOf(line.replace("-D ", "-A ")), 1);
+        } else if (words[0] === "-F") chains.set(words[1], []);
+        else if (words[0] === "-X") chains.delete(words[1]);
+      }
+      return { code: 0, stdout: "", stderr: "" };
+    }
+    const listing = [
+      "-P INPUT ACCEPT",
+      ...[...chains.keys()].filter((c) => c !== "INPUT").map((c) => `-N ${c}`),
+    ];
+    for (const rules of chains.values()) listing.push(...rules);
+    return { code: 0, stdout: listing.join("\n") + "\n", stderr: "" };
+  };
+
+  /** The sources our chain drops, as `-s` prints them. */
+  bans(version: 4 | 6): string[] {
+    return (this.chains[version].get(CHAIN) ?? []).map((rule) => rule.split(" ")[3]);
+  }
+
+  /** The restore calls made, with their input. */
+  restores(): string[] {
+    return this.calls.filter((call) => call.includes("-restore"));
+  }
+}
+
+/** A chan_sip registration failure line for `address` (with or without a port). */
+export const REGISTER = (address: string) =>
+  `[2026-11-25 08:00:00.001] NOTICE[2210] chan_sip.c: Registration from '<sip:1@192.0.2.10>' ` +
+  `failed for '${address}' - Wrong password\n`;

@@ -21,65 +21,11 @@ import {
   parseCidr,
   parseOptions,
   resolveLog,
-  type RunResult,
   scanString,
   SipcheckError,
   THRESHOLD,
 } from "../sipcheck.ts";
-import { fixture, tempDir } from "./helpers.ts";
-
-/** A fake iptables/ip6tables that understands what sipcheck sends, with failures on demand. */
-class FakeFirewall {
-  chains = {
-    4: new Map<string, string[]>([["INPUT", []]]),
-    6: new Map<string, string[]>([["INPUT", []]]),
-  };
-  calls: string[] = [];
-  failRestore: { 4: boolean; 6: boolean } = { 4: false, 6: false };
-  missing = false;
-
-  run = (binary: string, args: readonly string[], input?: string): Promise<RunResult> => {
-    this.calls.push([binary, ...args].join(" ") + (input ? "\n" + input : ""));
-    if (this.missing) {
-      return Promise.reject(Object.assign(new Error("spawn ENOENT"), { code: "ENOENT" }));
-    }
-    const version = binary.includes("ip6tables") ? 6 : 4;
-    const chains = this.chains[version];
-    if (binary.endsWith("/bin/kill")) return Promise.resolve({ code: 1, stdout: "", stderr: "" });
-    if (binary.endsWith("-restore")) {
-      if (this.failRestore[version]) {
-        return Promise.resolve({
-          code: 2,
-          stdout: "",
-          stderr: "iptables-restore: line 3 failed\n",
-        });
-      }
-      for (const line of (input ?? "").split("\n")) {
-        const words = line.split(" ");
-        if (line.startsWith(":")) chains.set(line.slice(1).split(" ")[0], []);
-        else if (words[0] === "-A") chains.get(words[1])!.push(line);
-        else if (words[0] === "-I") {
-          chains.get(words[1])!.unshift(`-A ${words[1]} ${words.slice(3).join(" ")}`);
-        } else if (words[0] === "-D") {
-          const rules = chains.get(words[1])!;
-          rules.splice(rules.indexOf(line.replace("-D ", "-A ")), 1);
-        } else if (words[0] === "-F") chains.set(words[1], []);
-        else if (words[0] === "-X") chains.delete(words[1]);
-      }
-      return Promise.resolve({ code: 0, stdout: "", stderr: "" });
-    }
-    const listing = [
-      "-P INPUT ACCEPT",
-      ...[...chains.keys()].filter((c) => c !== "INPUT").map((c) => `-N ${c}`),
-    ];
-    for (const rules of chains.values()) listing.push(...rules);
-    return Promise.resolve({ code: 0, stdout: listing.join("\n") + "\n", stderr: "" });
-  };
-
-  bans(version: 4 | 6): string[] {
-    return (this.chains[version].get(CHAIN) ?? []).map((rule) => rule.split(" ")[3]);
-  }
-}
+import { FakeFirewall, fixture, REGISTER, tempDir } from "./helpers.ts";
 
 /** Deps for main: captured output, a fake firewall, root, a lock file in a temp dir. */
 function harness(overrides: Partial<Deps> = {}) {
@@ -105,10 +51,6 @@ function harness(overrides: Partial<Deps> = {}) {
     done: dir.remove,
   };
 }
-
-const REGISTER = (address: string) =>
-  `[2026-11-25 08:00:00.001] NOTICE[2210] chan_sip.c: Registration from '<sip:1@192.0.2.10>' ` +
-  `failed for '${address}' - Wrong password\n`;
 
 /** Writes a log with `n` failures for each address. */
 function writeLog(dir: string, failures: Record<string, number>): string {
@@ -337,7 +279,7 @@ describe("main", () => {
   });
   test("a failed batch is undone in the other family: 69, nothing banned", async () => {
     const h = harness();
-    h.firewall.failRestore[6] = true;
+    h.firewall.fail[6] = true;
     const log = writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 });
     assert.equal(await main([log], h.deps), EXIT.unavailable);
     assert.deepEqual(h.firewall.bans(4), []);

@@ -16,6 +16,7 @@ import {
   cliCommand,
   firewallSkipReason,
   inNamespace,
+  REGISTER,
   RUNTIME,
   shebangFlags,
   shellQuote,
@@ -25,10 +26,6 @@ import {
 
 const dir = tempDir();
 after(dir.remove);
-
-const REGISTER = (address: string) =>
-  `[2026-11-25 08:00:00.001] NOTICE[2210] chan_sip.c: Registration from '<sip:1@192.0.2.10>' ` +
-  `failed for '${address}' - Wrong password\n`;
 
 /** Writes a log in the temp dir. */
 function log(name: string, text: string): string {

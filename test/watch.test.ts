@@ -29,13 +29,12 @@ import {
   parseDuration,
   parseOptions,
   RETRY_MS,
-  type RunResult,
   SipcheckError,
   slidingWindow,
   startWatcher,
   type Watcher,
 } from "../sipcheck.ts";
-import { tempDir } from "./helpers.ts";
+import { FakeFirewall, REGISTER, tempDir } from "./helpers.ts";
 
 const dir = tempDir();
 after(dir.remove);
@@ -46,9 +45,6 @@ function path(name = "messages"): string {
   return join(dir.path, `${++serial}`, name);
 }
 
-const REGISTER = (address: string) =>
-  `[2026-11-25 08:00:00.001] NOTICE[2210] chan_sip.c: Registration from '<sip:1@192.0.2.10>' ` +
-  `failed for '${address}' - Wrong password\n`;
 const IAX2 = (address: string) =>
   `[2026-11-25 08:30:00] WARNING[2401] chan_iax2.c: Host ${address}:4569 failed to authenticate as 1001\n`;
 const AMI = (address: string) =>
@@ -58,50 +54,6 @@ const BENIGN =
 
 /** `n` failure lines of `address`. */
 const lines = (address: string, n: number, line = REGISTER) => line(address).repeat(n);
-
-/** A fake iptables/ip6tables-restore with failures and held calls on demand (as main.test.ts's). */
-class FakeFirewall {
-  chains = {
-    4: new Map<string, string[]>([["INPUT", []]]),
-    6: new Map<string, string[]>([["INPUT", []]]),
-  };
-  calls: string[] = [];
-  fail: { 4: boolean; 6: boolean } = { 4: false, 6: false };
-  /** While set, restore calls wait for it. */
-  hold: Promise<void> | null = null;
-  /** Called when a restore call starts. */
-  onRestore: () => void = () => {};
-
-  run = async (binary: string, args: readonly string[], input?: string): Promise<RunResult> => {
-    this.calls.push([binary, ...args].join(" ") + (input ? "\n" + input : ""));
-    const version = binary.includes("ip6tables") ? 6 : 4;
-    const chains = this.chains[version];
-    if (binary.endsWith("-restore")) {
-      this.onRestore();
-      if (this.hold) await this.hold;
-      if (this.fail[version]) return { code: 4, stdout: "", stderr: "iptables-restore: busy\n" };
-      for (const line of (input ?? "").split("\n")) {
-        const words = line.split(" ");
-        if (line.startsWith(":")) chains.set(line.slice(1).split(" ")[0], []);
-        else if (words[0] === "-A") chains.get(words[1])!.push(line);
-        else if (words[0] === "-I") {
-          chains.get(words[1])!.unshift(`-A ${words[1]} ${words.slice(3).join(" ")}`);
-        }
-      }
-      return { code: 0, stdout: "", stderr: "" };
-    }
-    const listing = [...chains.keys()].filter((c) => c !== "INPUT").map((c) => `-N ${c}`);
-    for (const rules of chains.values()) listing.push(...rules);
-    return { code: 0, stdout: listing.join("\n") + "\n", stderr: "" };
-  };
-
-  bans(version: 4 | 6): string[] {
-    return (this.chains[version].get(CHAIN) ?? []).map((rule) => rule.split(" ")[3]);
-  }
-  restores(): string[] {
-    return this.calls.filter((call) => call.includes("-restore"));
-  }
-}
 
 /** One line of `--json` output. */
 interface Line {
@@ -539,7 +491,7 @@ describe("the firewall", () => {
     assert.match(
       w.stderr(),
       new RegExp(
-        `^sipcheck: /usr/sbin/iptables-restore -w --noflush failed: iptables-restore: busy; ` +
+        `^sipcheck: /usr/sbin/iptables-restore -w --noflush failed: iptables-restore: line 3 failed; ` +
           `1 ban to try again in ${RETRY_MS / 1000} s\n$`,
       ),
     );
