@@ -102,6 +102,10 @@ describe("parseOptions", () => {
     [["-i", "pbx.example"], /not "pbx.example"/],
     [["--bogus"], /Unknown option '--bogus'/],
     [["clear", "messages"], /"clear" takes no log names/],
+    [["watch", "--window", "0"], /--window takes a duration such as 30s, 10m or 1h, not "0"/],
+    [["watch", "--window", "soon"], /not "soon"/],
+    [["--window", "10m"], /--window is only for "watch"/],
+    [["list", "--window", "10m"], /--window is only for "watch"/],
   ];
   for (const [argv, message] of bad) {
     test(`rejects ${argv.join(" ")}`, () => {
