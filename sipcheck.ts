@@ -1515,7 +1515,10 @@ export function createScanner(
       return;
     }
     const counted = addFailure(tally, failure.address, failure.tries);
-    if (failure.tries !== undefined && part && !part.firstTries.has(failure.address)) {
+    // The first part has no part before it to be joined to.
+    if (
+      failure.tries !== undefined && part && countFrom > 0 && !part.firstTries.has(failure.address)
+    ) {
       part.firstTries.set(detach(failure.address), { tries: failure.tries, counted });
     }
     onFailure?.(failure, counted);
