@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run --no-prompt --allow-read=/var/log/asterisk,/run/sipcheck.lock,/etc/asterisk --allow-write=/run/sipcheck.lock --allow-run=/usr/sbin/iptables,/usr/sbin/ip6tables,/usr/sbin/iptables-restore,/usr/sbin/ip6tables-restore,/bin/kill --allow-sys=uid,networkInterfaces
+#!/usr/bin/env -S deno run -R=/var/log/asterisk,/run/sipcheck.lock,/etc/asterisk -W=/run/sipcheck.lock --allow-run=/usr/sbin/iptables,/usr/sbin/ip6tables,/usr/sbin/iptables-restore,/usr/sbin/ip6tables-restore,/bin/kill -S=uid,networkInterfaces
 /**
  * sipcheck: ban the addresses that keep failing to log in to an Asterisk PBX.
  *

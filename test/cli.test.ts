@@ -5,10 +5,28 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from "node:fs";
-import { join } from "node:path";
+import {
+  chmodSync,
+  closeSync,
+  copyFileSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
+import { dirname, join } from "node:path";
 import { after, describe, test } from "node:test";
-import { cliCommand, fixture, run, RUNTIME, shebangFlags, sipcheck, tempDir } from "./helpers.ts";
+import {
+  cliCommand,
+  fixture,
+  run,
+  RUNTIME,
+  shebangFlags,
+  SIPCHECK,
+  sipcheck,
+  tempDir,
+} from "./helpers.ts";
 
 const dir = tempDir();
 after(dir.remove);
@@ -203,11 +221,31 @@ describe(
   () => {
     const flags = shebangFlags();
     test("are narrow: no --allow-all, no blanket read, write, run or env", () => {
-      assert.ok(flags.includes("--no-prompt"));
       for (const flag of flags) {
-        assert.match(flag, /^--(no-prompt|allow-(read|write|run|sys)=\S+)$/, flag);
+        assert.match(flag, /^(-[RWS]|--allow-run)=\S+$/, flag);
       }
-      assert.ok(flags.includes("--allow-read=/var/log/asterisk,/run/sipcheck.lock,/etc/asterisk"));
+      assert.ok(flags.includes("-R=/var/log/asterisk,/run/sipcheck.lock,/etc/asterisk"));
+    });
+    test("fit in the 256 bytes Linux reads of a #! line, and work from it", () => {
+      const first = readFileSync(SIPCHECK, "utf8").split("\n")[0];
+      assert.ok(Buffer.byteLength(first) + 1 <= 256, `${Buffer.byteLength(first)} bytes`);
+      const bin = tempDir();
+      try {
+        // As installed: executed directly, its first line running Deno (found on PATH).
+        const installed = join(bin.path, "sipcheck");
+        copyFileSync(SIPCHECK, installed);
+        chmodSync(installed, 0o755);
+        const path = `${dirname(Deno.execPath())}:/usr/bin:/bin`;
+        const ran = run(
+          ["/usr/bin/env", `PATH=${path}`, installed, "-n", "-q", "-"],
+          REGISTER("203.0.113.13").repeat(200),
+        );
+        assert.equal(ran.stderr, "");
+        assert.equal(ran.code, 0);
+        assert.match(ran.stdout, /^would ban +203\.0\.113\.13 +200 failures\n$/);
+      } finally {
+        bin.remove();
+      }
     });
     test("are enough for help, a dry run of standard input, and a clear refusal elsewhere", () => {
       const help = run(cliCommand(["--help"], flags));
