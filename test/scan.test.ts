@@ -324,7 +324,10 @@ describe("AddressCounts (a Map of addresses in little memory)", () => {
         ? addresses[seed % addresses.length]
         : `198.51.${seed % 7}.${seed % 251}`;
       if (seed % 5 === 0) assert.equal(counts.delete(address), model.delete(address));
-      else {
+      else if (seed % 5 === 1) {
+        counts.add(address, seed % 4);
+        model.set(address, (model.get(address) ?? 0) + (seed % 4));
+      } else {
         const value = (model.get(address) ?? 0) + (seed % 9);
         counts.set(address, value);
         model.set(address, value);
