@@ -4,9 +4,11 @@
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
 import { describe, test } from "node:test";
 import {
   canonicalIPv6,
+  ipv6Groups,
   isInAny,
   normaliseAddress,
   parseCidr,
@@ -186,6 +188,57 @@ describe("normaliseAddress", () => {
     assert.equal(canonicalIPv6("2001:db8:0:0:1:0:0:1"), "2001:db8::1:0:0:1");
     assert.equal(canonicalIPv6("0:0:0:0:0:0:0:0"), "::");
     assert.equal(canonicalIPv6("1:0:0:0:0:0:0:0"), "1::");
+  });
+  test("ipv6Groups accepts exactly what isIP accepts, and reads the groups the URL parser reads", () => {
+    let seed = 11;
+    const random = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % n;
+    const pick = (list: readonly string[]) => list[random(list.length)];
+    const hex = "0123456789abcdefABCDEF";
+    const group = () =>
+      Array.from({ length: random(8) ? 1 + random(4) : random(6) }, () => hex[random(hex.length)])
+        .join("");
+    const ipv4s = ["1.2.3.4", "255.255.255.255", "0.0.0.0", "256.1.1.1", "01.2.3.4", "1.2.3"];
+    const alphabet = "0123456789abcdefABCDEFg:.";
+    /** Groups joined by colons, maybe one `::`, maybe a dotted tail, then maybe one typo. */
+    const candidate = () => {
+      const pieces = Array.from({ length: 1 + random(9) }, group);
+      if (random(3) === 0) pieces.push(pick(ipv4s));
+      let text = pieces.join(":");
+      if (random(2)) {
+        const at = random(text.length + 1);
+        if (at === 0 || at === text.length || text[at] === ":") {
+          text = text.slice(0, at) + ":" + text.slice(at);
+        }
+      }
+      if (random(3) === 0) {
+        const at = random(text.length + 1);
+        text = text.slice(0, at) + pick([alphabet[random(alphabet.length)], ""]) +
+          text.slice(at + random(2));
+      }
+      return text;
+    };
+    /** The groups of the hex-only, compressed text the URL parser gives back. */
+    const groupsOfUrl = (host: string): number[] => {
+      const [head, tail] = host.slice(1, -1).split("::");
+      const read = (part: string | undefined) =>
+        part ? part.split(":").map((piece) => parseInt(piece, 16)) : [];
+      const [left, right] = [read(head), read(tail)];
+      return [...left, ...new Array(8 - left.length - right.length).fill(0), ...right];
+    };
+    let valid = 0;
+    for (let n = 0; n < 100_000; n++) {
+      const text = n % 8 === 0
+        ? Array.from({ length: random(46) }, () => alphabet[random(alphabet.length)]).join("")
+        : candidate();
+      const expected = isIP(text) === 6;
+      const groups = ipv6Groups(text);
+      assert.equal(groups !== null, expected, JSON.stringify(text));
+      if (groups) {
+        valid++;
+        assert.deepEqual(groups, groupsOfUrl(new URL(`http://[${text}]/`).hostname), text);
+      }
+    }
+    assert.ok(valid > 10_000, `only ${valid} valid addresses among the cases`);
   });
 });
 
