@@ -953,19 +953,21 @@ const pjsipRequest: Family = {
       if (!PJSIP_METHOD.test(body.slice(9, space - 1))) return null;
       from = space + 7;
     } else return null;
-    const addresses = new Set<string | null>();
+    let address: string | null | undefined; // undefined until a reading holds
     for (const fromEnd of endsOfFrom(body, from)) {
       if (!body.startsWith("' failed for '", fromEnd)) continue;
       const addressStart = fromEnd + 14;
       const addressEnd = body.indexOf("'", addressStart);
       if (addressEnd === -1 || !body.startsWith("' (callid: ", addressEnd)) continue;
-      addresses.add(normaliseAddress(body.slice(addressStart, addressEnd), "srcname"));
+      const reading = normaliseAddress(body.slice(addressStart, addressEnd), "srcname");
+      // A display name ending in a backslash reads two ways, with the Call-ID supplying the second.
+      if (address !== undefined && reading !== address) {
+        return { family: "pjsip-request", address: null, ambiguous: true };
+      }
+      address = reading;
     }
-    if (addresses.size === 0) return null;
-    // A display name ending in a backslash reads two ways, with the Call-ID supplying the second.
-    if (addresses.size > 1) return { family: "pjsip-request", address: null, ambiguous: true };
+    if (address === undefined) return null;
     const tries = body.endsWith(" ms") ? PJSIP_TRIES.exec(body) : null;
-    const address = [...addresses][0];
     return failure("pjsip-request", address, false, tries ? Number(tries[1]) : undefined);
   },
 };
@@ -986,7 +988,8 @@ const securityEvent: Family = {
     const [, event, service] = head;
     if (service === "SIP" && !COUNT_CHAN_SIP_SECURITY_EVENTS) return null;
     const sessionId = body.indexOf('",SessionID="', head[0].length - 1);
-    const addresses = new Set<string | null>();
+    let address: string | null | undefined; // undefined until a candidate holds
+    let ambiguous = false;
     let values = 0;
     SECURITY_REMOTE_ADDRESS.lastIndex = head[0].length;
     for (let value; (value = SECURITY_REMOTE_ADDRESS.exec(body));) {
@@ -995,10 +998,12 @@ const securityEvent: Family = {
       const acl = securityTail(event, body.slice(value.index + value[0].length));
       if (acl === null) continue;
       if (acl.startsWith("registrar_")) return null;
-      addresses.add(normaliseAddress(value[1], "bare"));
+      const candidate = normaliseAddress(value[1], "bare");
+      if (address !== undefined && candidate !== address) ambiguous = true;
+      address = candidate;
     }
-    if (addresses.size > 1) return { family: "security-event", address: null, ambiguous: true };
-    if (addresses.size === 1) return failure("security-event", [...addresses][0]);
+    if (ambiguous) return { family: "security-event", address: null, ambiguous: true };
+    if (address !== undefined) return failure("security-event", address);
     // No RemoteAddress at all: an AccountID cut by a line feed (chan_sip) leaves an open head.
     return failure("security-event", null, values === 0);
   },
@@ -1227,18 +1232,7 @@ export class AddressCounts {
       }
       return this;
     }
-    let slot = this.#slotOf(key);
-    if (slot >= 0) {
-      this.#values[this.#slots[slot] - 1] = value;
-      return this;
-    }
-    if ((this.#filled + 1) * 2 > this.#slots.length) {
-      this.#rehash();
-      slot = this.#slotOf(key);
-    }
-    slot = -1 - slot;
-    if (this.#slots[slot] === 0) this.#filled++;
-    this.#slots[slot] = this.#add(IPV4, key, value) + 1;
+    this.#setNumber(key, value, false);
     return this;
   }
 
@@ -1253,6 +1247,38 @@ export class AddressCounts {
       }
     }
     this.set(address, (this.get(address) ?? 0) + step);
+  }
+
+  /** Adds every value of `other` to this one's (`"add"`), or sets them (`"set"`), IPv4 addresses
+   * by number: joining two tallies of a million addresses makes no strings for them. */
+  merge(other: AddressCounts, how: "add" | "set"): void {
+    for (let entry = 0; entry < other.#used; entry++) {
+      const kind = other.#kinds[entry];
+      const value = other.#values[entry];
+      if (kind === IPV4) this.#setNumber(other.#keys[entry], value, how === "add");
+      else if (kind === OTHER) {
+        const text = other.#otherText.get(entry)!;
+        this.set(text, how === "add" ? (this.get(text) ?? 0) + value : value);
+      }
+    }
+  }
+
+  /** Sets (or adds to) the value of the IPv4 address numbered `key`. */
+  #setNumber(key: number, value: number, add: boolean): void {
+    let slot = this.#slotOf(key);
+    if (slot >= 0) {
+      this.#values[this.#slots[slot] - 1] = add
+        ? this.#values[this.#slots[slot] - 1] + value
+        : value;
+      return;
+    }
+    if ((this.#filled + 1) * 2 > this.#slots.length) {
+      this.#rehash();
+      slot = this.#slotOf(key);
+    }
+    slot = -1 - slot;
+    if (this.#slots[slot] === 0) this.#filled++;
+    this.#slots[slot] = this.#add(IPV4, key, value) + 1;
   }
 
   delete(address: string): boolean {
@@ -1353,6 +1379,16 @@ export class AddressCounts {
     return this.entries();
   }
 
+  /** The entries whose value is at least `least`, in first-seen order; only their texts are made. */
+  *atLeast(least: number): IterableIterator<[string, number]> {
+    for (let entry = 0; entry < this.#used; entry++) {
+      const kind = this.#kinds[entry];
+      if (kind === DELETED || !(this.#values[entry] >= least)) continue;
+      const text = kind === IPV4 ? ipv4Text(this.#keys[entry]) : this.#otherText.get(entry)!;
+      yield [text, this.#values[entry]];
+    }
+  }
+
   /** The entries by value, highest first (first seen first among equals), each address's text
    * made only when it is reached. */
   *byValue(): IterableIterator<[string, number]> {
@@ -1386,9 +1422,9 @@ export class AddressCounts {
     const others = new Map(snapshot.others);
     for (let entry = 0; entry < snapshot.kinds.length; entry++) {
       const kind = snapshot.kinds[entry];
-      if (kind === DELETED) continue;
-      const text = kind === IPV4 ? ipv4Text(snapshot.keys[entry]) : others.get(entry)!;
-      counts.set(text, snapshot.values[entry]);
+      const value = snapshot.values[entry];
+      if (kind === IPV4) counts.#setNumber(snapshot.keys[entry], value, false);
+      else if (kind === OTHER) counts.set(others.get(entry)!, value);
     }
     return counts;
   }
@@ -1452,10 +1488,8 @@ export function joinTally(
     next.counts.set(address, (next.counts.get(address) ?? 0) + correction);
     next.failures += correction;
   }
-  for (const [address, count] of next.counts) {
-    into.counts.set(address, (into.counts.get(address) ?? 0) + count);
-  }
-  for (const [address, tries] of next.lastTries) into.lastTries.set(address, tries);
+  into.counts.merge(next.counts, "add");
+  into.lastTries.merge(next.lastTries, "set");
   into.lines += next.lines;
   into.failures += next.failures;
   into.longLines += next.longLines;
@@ -5260,7 +5294,11 @@ async function scan(options: Options, deps: Deps): Promise<number> {
     ...options.ignore,
   ];
   const versions = [4, 6] as const;
-  const offenders = decide(tally.counts, { ...options, ignore, banned: new Set() });
+  const offenders = decide(tally.counts.atLeast(options.threshold), {
+    ...options,
+    ignore,
+    banned: new Set(),
+  });
   const states = new Map<IpVersion, ChainState>();
   let exit: number = errors.length ? EXIT.noInput : EXIT.ok;
   let decisions = offenders;
@@ -5274,7 +5312,7 @@ async function scan(options: Options, deps: Deps): Promise<number> {
         }
       }
       const banned = new Set([...states.values()].flatMap((state) => [...state.bans]));
-      decisions = decide(tally.counts, { ...options, ignore, banned });
+      decisions = decide(tally.counts.atLeast(options.threshold), { ...options, ignore, banned });
       const added: [IpVersion, string[]][] = [];
       try {
         for (const [version, state] of states) {

@@ -339,6 +339,15 @@ describe("AddressCounts (a Map of addresses in little memory)", () => {
     }
     assert.deepEqual([...counts], [...model]);
     assert.deepEqual([...AddressCounts.from(counts.snapshot())], [...model], "through a snapshot");
+    assert.deepEqual([...counts.atLeast(20)], [...model].filter(([, value]) => value >= 20));
+    const other = new AddressCounts().set("1.2.3.4", 5).set("2001:db8::1", 7).set("x", 1);
+    const sum = new Map(model);
+    for (const [address, value] of other) sum.set(address, (sum.get(address) ?? 0) + value);
+    const merged = AddressCounts.from(counts.snapshot());
+    merged.merge(other, "add");
+    assert.deepEqual([...merged], [...sum], "merge, adding");
+    merged.merge(other, "set");
+    assert.deepEqual([...merged], [...new Map([...sum, ...other])], "merge, setting");
     assert.equal(
       counts.get("01.2.3.4") === counts.get("1.2.3.4"),
       model.get("01.2.3.4") === model.get("1.2.3.4"),
