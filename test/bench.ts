@@ -18,6 +18,8 @@
  *   --rss-by-polling measure peak RSS by polling /proc even where GNU time exists
  *   --crossings N    threshold crossings timed for the watch latency (default 200; 0 skips it)
  *   --background N   background lines per second for the second latency run (default 10,000)
+ *
+ * bench.ts --firewall-child TIMES -- ARGS   internal: the firewall part's child mode (item 4)
  * ```
  *
  * What it does:
@@ -33,9 +35,17 @@
  *    the child in this process; the wrapper adds well under a millisecond.
  * 4. Firewall (root, `unshare` and `iptables` only): in a private network and mount namespace
  *    (`unshare -n -m`, fresh tmpfs on /run for the lock file) sipcheck bans the offenders of a
- *    generated log, then runs again with all of them already banned. The baseline is one
- *    `iptables -w -A sipcheck -s ADDR -j DROP` process per ban (ip6tables for IPv6), timed for
- *    `--sample` addresses and extrapolated. The host's firewall is never touched.
+ *    generated log, then runs again with all of them already banned, under each runtime. Both
+ *    runs go through this file's child mode (`bench.ts --firewall-child TIMES -- ARGS`), which
+ *    imports sipcheck.ts and calls its `main(ARGS)` with a `run` that wraps the real
+ *    `runProgram` and notes when the first iptables call starts. The firewall time is from
+ *    there to the moment `main` returns: listing both chains, parsing them, deciding, building
+ *    the iptables-restore input, both batches and writing the report; not start-up and not
+ *    reading the log. The wall time and peak RSS of the whole child process are kept beside it.
+ *    The report is checked address by address and the rules are read back with
+ *    iptables-save. The baseline is one `iptables -w -A sipcheck -s ADDR -j DROP` process per
+ *    ban (ip6tables for IPv6), timed for `--sample` addresses and extrapolated. The host's
+ *    firewall is never touched.
  * 5. Watch latency (`sipcheck watch`): see the section "Watch latency" below; p50, p99 and max
  *    over `--crossings` threshold crossings, without and with `--background` lines per second.
  *
@@ -62,8 +72,10 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { distinctLinesNeeded, writeLogFile, writeLongLineFile } from "./loggen.ts";
 import type { LogOptions, WrittenLog } from "./loggen.ts";
+import type { Runner } from "../sipcheck.ts";
 
-const SIPCHECK = join(dirname(fileURLToPath(import.meta.url)), "..", "sipcheck.ts");
+const BENCH = fileURLToPath(import.meta.url);
+const SIPCHECK = join(dirname(BENCH), "..", "sipcheck.ts");
 
 /** The baseline from the issue, verbatim. */
 const GREP_PATTERN = `failed for '|SecurityEvent="(FailedACL|InvalidAccountID|` +
@@ -81,6 +93,8 @@ const say = (s = "") => process.stdout.write(s + "\n");
 const fmtInt = (n: number) => Math.round(n).toLocaleString("en-US");
 const fmtSec = (ms: number) =>
   ms >= 10000 ? `${(ms / 1000).toFixed(1)} s` : `${(ms / 1000).toFixed(2)} s`;
+/** Firewall times, to the millisecond: the issue's bound is 0.25 s. */
+const fmtFw = (ms: number) => `${(ms / 1000).toFixed(3)} s`;
 const fmtMiB = (kib: number | null) => kib === null ? "n/a" : `${(kib / 1024).toFixed(0)} MiB`;
 const fmtMB = (bytes: number) =>
   bytes >= 1e9 ? `${(bytes / 1e9).toFixed(2)} GB` : `${(bytes / 1e6).toFixed(0)} MB`;
@@ -158,6 +172,8 @@ interface Runtime {
   scan: string[];
   /** Arguments before sipcheck's own, for runs that change the firewall. */
   firewall: string[];
+  /** Arguments that start this file's child mode; `TIMES -- ARGS` follow (see firewallChild). */
+  child: string[];
 }
 
 function findRuntimes(wanted: string[]): { runtimes: Runtime[]; notes: string[] } {
@@ -182,6 +198,7 @@ function findRuntimes(wanted: string[]): { runtimes: Runtime[]; notes: string[] 
           "--allow-sys",
           SIPCHECK,
         ],
+        child: ["run", "-A", BENCH, "--firewall-child"],
       });
     } else notes.push("deno not found: Deno runs skipped");
   }
@@ -205,6 +222,7 @@ function findRuntimes(wanted: string[]): { runtimes: Runtime[]; notes: string[] 
         cmd,
         scan: [SIPCHECK],
         firewall: [SIPCHECK],
+        child: [BENCH, "--firewall-child"],
       });
     } else notes.push("no Node >= 22.18 found (tried npx -y node@24): Node runs skipped");
   }
@@ -364,17 +382,80 @@ function checkReport(
 
 interface FirewallResult {
   runtime: string;
+  /** Wall time of the whole child process, best of the runs. */
   banMs: number;
   againMs: number;
-  scanMs: number;
+  /** Firewall time measured inside sipcheck (see firewallChild), best of the runs. */
+  banFwMs: number;
+  againFwMs: number;
+  /** The part of it inside the iptables calls (first start to last end), best of the runs. */
+  banCallsMs: number;
+  againCallsMs: number;
   rssKiB: number | null;
 }
 
+/** What the child mode writes to its TIMES file: milliseconds of the child's own clock. */
+interface ChildTimes {
+  /** From calling sipcheck's main to the start of its first iptables call: reading the log. */
+  beforeMs: number | null;
+  /** From the start of the first iptables call until main returned: the firewall time. */
+  firewallMs: number | null;
+  /** From the start of the first iptables call to the end of the last one. */
+  callsMs: number | null;
+  /** The iptables commands sipcheck ran, in order. */
+  calls: string[];
+}
+
+/**
+ * Child mode, `bench.ts --firewall-child TIMES -- ARGS`: runs sipcheck's `main(ARGS)` in this
+ * process, with the real `runProgram` wrapped so that it notes when the first iptables call
+ * starts, and writes {@link ChildTimes} to the file TIMES. sipcheck's stdout and stderr are this
+ * process's (main's defaults), and the exit status is main's. sipcheck.ts is imported only here.
+ */
+async function firewallChild(argv: string[]): Promise<number> {
+  const [timesFile, dashes, ...args] = argv;
+  if (!timesFile || dashes !== "--") {
+    process.stderr.write("usage: bench.ts --firewall-child TIMES -- SIPCHECK-ARGUMENTS\n");
+    return 64;
+  }
+  const sipcheck = await import("../sipcheck.ts");
+  const iptables = new Set<string>(
+    Object.values(sipcheck.IPTABLES).flatMap((family) => [family.list, family.restore]),
+  );
+  const calls: string[] = [];
+  let first: number | null = null, last: number | null = null;
+  const run: Runner = async (binary, runArgs, input) => {
+    // Only the firewall's programs count (not the lock's `kill -0`, were it ever needed).
+    if (!iptables.has(binary)) return await sipcheck.runProgram(binary, runArgs, input);
+    first ??= performance.now();
+    calls.push([binary.split("/").pop(), ...runArgs].join(" "));
+    try {
+      return await sipcheck.runProgram(binary, runArgs, input);
+    } finally {
+      last = performance.now();
+    }
+  };
+  const t0 = performance.now();
+  const code = await sipcheck.main(args, { run });
+  const t1 = performance.now();
+  const times: ChildTimes = {
+    beforeMs: first === null ? null : first - t0,
+    firewallMs: first === null ? null : t1 - first,
+    callsMs: first === null || last === null ? null : last - first,
+    calls,
+  };
+  writeFileSync(timesFile, JSON.stringify(times) + "\n");
+  return code;
+}
+
+// Runs in the namespace. "$@" starts this file's child mode under one runtime; each step adds
+// its TIMES file and sipcheck's arguments. Wall time around each step, peak RSS by GNU time.
 const FW_SCRIPT = `set -u
-D=$1; T=$2; shift 2
+D=$1; T=$2; L=$3; shift 3
 mount -t tmpfs tmpfs /run || exit 97
 step() {
   n=$1; shift
+  set -- "$@" "$D/$n.times" -- --json -t ${FW_THRESHOLD} "$L"
   if [ "$T" = 1 ]; then ${TIME} -f %M -o "$D/$n.rss" "$@" >"$D/$n.json" 2>"$D/$n.err"
   else "$@" >"$D/$n.json" 2>"$D/$n.err"; fi
   echo $? >"$D/$n.rc"
@@ -422,15 +503,23 @@ function firewallSkipReason(): string | null {
 const nsTimes = (dir: string) =>
   readFileSync(join(dir, "times"), "utf8").trim().split(" ").map(Number);
 
-/** Bans every offender in fresh namespaces, `runs` times; returns the best ban and rerun times. */
-function firewallRuns(rt: Runtime, log: WrittenLog, runs: number, dir: string) {
+/**
+ * Bans every offender in fresh namespaces, `runs` times; returns the best wall and firewall times
+ * of the ban and of the rerun (each the best of its own), or null if a run went wrong.
+ */
+function firewallRuns(
+  rt: Runtime,
+  log: WrittenLog,
+  runs: number,
+  dir: string,
+): Omit<FirewallResult, "runtime"> | null {
   let banMs = Infinity, againMs = Infinity, rss: number | null = null;
+  let banFwMs = Infinity, againFwMs = Infinity, banCallsMs = Infinity, againCallsMs = Infinity;
   const want4 = [...log.expected.keys()].filter((a) => !a.includes(":"));
   const want6 = [...log.expected.keys()].filter((a) => a.includes(":"));
   for (let i = 0; i < runs; i++) {
     const d = join(dir, `fw-${rt.name}-${i}`);
     mkdirSync(d, { recursive: true });
-    const args = [...rt.firewall, "--json", "-t", String(FW_THRESHOLD), log.path];
     const r = spawnSync("unshare", [
       "-n",
       "-m",
@@ -440,8 +529,9 @@ function firewallRuns(rt: Runtime, log: WrittenLog, runs: number, dir: string) {
       "sh",
       d,
       haveTime ? "1" : "0",
+      log.path,
       rt.cmd,
-      ...args,
+      ...rt.child,
     ], {
       encoding: "utf8",
     });
@@ -453,6 +543,29 @@ function firewallRuns(rt: Runtime, log: WrittenLog, runs: number, dir: string) {
     const [t0, t1, t2] = nsTimes(d);
     banMs = Math.min(banMs, (t1 - t0) / 1e6);
     againMs = Math.min(againMs, (t2 - t1) / 1e6);
+    const child: Partial<Record<string, ChildTimes>> = {};
+    for (const step of ["ban", "again"]) {
+      const p = join(d, `${step}.times`);
+      if (existsSync(p)) child[step] = JSON.parse(readFileSync(p, "utf8"));
+    }
+    const banFw = child.ban?.firewallMs, againFw = child.again?.firewallMs;
+    if (typeof banFw !== "number" || typeof againFw !== "number") {
+      const why = `no firewall time from the child (run ${i + 1}): ` +
+        readFileSync(join(d, "ban.err"), "utf8").trim().slice(0, 300) +
+        readFileSync(join(d, "again.err"), "utf8").trim().slice(0, 300);
+      problems.push(`firewall ${rt.name}: ${why}`);
+      say(`  firewall ${rt.name}: ${why}`);
+      return null;
+    }
+    banFwMs = Math.min(banFwMs, banFw);
+    againFwMs = Math.min(againFwMs, againFw);
+    banCallsMs = Math.min(banCallsMs, child.ban?.callsMs ?? Infinity);
+    againCallsMs = Math.min(againCallsMs, child.again?.callsMs ?? Infinity);
+    if (i === 0) {
+      for (const [step, times] of Object.entries(child)) {
+        say(`  firewall ${rt.name} ${step}: ${times?.calls.join(", ")}`);
+      }
+    }
     for (const f of ["ban.rss", "again.rss"]) {
       const p = join(d, f);
       if (existsSync(p)) rss = Math.max(rss ?? 0, Number(readFileSync(p, "utf8").trim()));
@@ -486,7 +599,7 @@ function firewallRuns(rt: Runtime, log: WrittenLog, runs: number, dir: string) {
       }
     }
   }
-  return { banMs, againMs, rssKiB: rss };
+  return { banMs, againMs, banFwMs, againFwMs, banCallsMs, againCallsMs, rssKiB: rss };
 }
 
 /** One iptables process per ban, for a sample, in a fresh namespace. */
@@ -870,11 +983,13 @@ async function main(): Promise<number> {
       for (const rt of runtimes) {
         const r = firewallRuns(rt, log, o.runs, dir);
         if (r) {
-          fw.push({ runtime: rt.label, ...r, scanMs: scan[rt.name].ms });
+          fw.push({ runtime: rt.label, ...r });
           say(
-            `  ${rt.label}: ban ${fmtSec(r.banMs)}, rerun ${fmtSec(r.againMs)}, scan alone ${
-              fmtSec(scan[rt.name].ms)
-            }`,
+            `  ${rt.label}, best of ${o.runs}: ban: firewall ${fmtFw(r.banFwMs)} ` +
+              `(iptables calls ${fmtFw(r.banCallsMs)}), whole run ${fmtSec(r.banMs)}; ` +
+              `rerun: firewall ${fmtFw(r.againFwMs)} (iptables calls ` +
+              `${fmtFw(r.againCallsMs)}), whole run ${fmtSec(r.againMs)}; ` +
+              `--dry-run scan of the log ${fmtSec(scan[rt.name].ms)}`,
           );
         }
       }
@@ -936,15 +1051,18 @@ async function main(): Promise<number> {
     const n = o.offenders, b = baseline;
     const per = b ? (ms: number) => fmtSec((ms / b.n) * n) : () => "n/a";
     say(
-      `Firewall, in a private network namespace: ${fmtInt(n)} offenders (${
-        fmtInt(Math.ceil(n / 2))
-      } IPv4 + ` +
-        `${
-          fmtInt(Math.floor(n / 2))
-        } IPv6) above threshold ${FW_THRESHOLD}. Wall time of the whole run; ` +
-        `"firewall" subtracts the same runtime's --dry-run scan of the same log. The baseline ` +
-        `runs one iptables/ip6tables process per address for ${b ? fmtInt(b.n) : "?"} addresses ` +
-        `and is extrapolated to ${fmtInt(n)}.`,
+      `Firewall, in a private network namespace: ${fmtInt(n)} offenders ` +
+        `(${fmtInt(Math.ceil(n / 2))} IPv4 + ${fmtInt(Math.floor(n / 2))} IPv6) above ` +
+        `threshold ${FW_THRESHOLD}, best of ${o.runs} runs. "Firewall" is measured inside ` +
+        `sipcheck, from the start of its first iptables call to the end of the run: listing ` +
+        `both chains, parsing them, deciding, writing the report and, when banning, building ` +
+        `the input of both iptables-restore batches and running them; not start-up and not ` +
+        `reading the log. ` +
+        `(The issue asks for at most 0.25 s of it for 10,000 new bans, and for a rerun with ` +
+        `all of them already banned.) "Whole run" is the wall time of the process, which calls ` +
+        `sipcheck's main() through test/bench.ts's child mode. The baseline runs one ` +
+        `iptables/ip6tables process per address for ${b ? fmtInt(b.n) : "?"} addresses and ` +
+        `is extrapolated to ${fmtInt(n)}.`,
     );
     say();
     say(
@@ -953,18 +1071,19 @@ async function main(): Promise<number> {
       } | one process per address (extrapolated) |`,
     );
     say(`|---|${fw.map(() => "--:").join("|")}|--:|`);
-    const cell = (ms: number, scan: number) =>
-      `${fmtSec(ms)} (firewall ${fmtSec(Math.max(0, ms - scan))})`;
+    const cells = (ms: (f: FirewallResult) => string) => fw.map(ms).join(" | ");
     say(
-      `| ban all | ${fw.map((f) => cell(f.banMs, f.scanMs)).join(" | ")} | ${
+      `| ban all: firewall | ${cells((f) => fmtFw(f.banFwMs))} | ${
         b ? per(b.addMs) : "n/a"
       } (iptables -A) |`,
     );
+    say(`| ban all: whole run | ${cells((f) => fmtSec(f.banMs))} | |`);
     say(
-      `| rerun, all already banned | ${fw.map((f) => cell(f.againMs, f.scanMs)).join(" | ")} | ${
+      `| rerun, all already banned: firewall | ${cells((f) => fmtFw(f.againFwMs))} | ${
         b ? per(b.checkMs) : "n/a"
       } (iptables -C) |`,
     );
+    say(`| rerun, all already banned: whole run | ${cells((f) => fmtSec(f.againMs))} | |`);
     say(`| peak RSS | ${fw.map((f) => fmtMiB(f.rssKiB)).join(" | ")} | |`);
     say();
   } else if (fwNote) {
@@ -995,4 +1114,9 @@ async function main(): Promise<number> {
 }
 
 // `node --test` runs every .ts file under test/; the benchmark runs only when asked for.
-if (import.meta.main && !process.env.NODE_TEST_CONTEXT) process.exitCode = await main();
+// `--firewall-child` is the firewall part's child mode (see firewallChild), run in a namespace.
+if (import.meta.main && !process.env.NODE_TEST_CONTEXT) {
+  process.exitCode = process.argv[2] === "--firewall-child"
+    ? await firewallChild(process.argv.slice(3))
+    : await main();
+}
