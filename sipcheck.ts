@@ -273,6 +273,12 @@ function isPortSuffix(text: string, from: number): boolean {
  * address in the given form (a host name, `(null)`, garbage).
  */
 export function normaliseAddress(text: string, form: AddressForm): string | null {
+  // Most addresses are `a.b.c.d` or `a.b.c.d:port`: one pass settles them.
+  const quadEnd = dottedQuadEnd(text);
+  if (quadEnd === text.length) return form === "srcname" ? null : text;
+  if (quadEnd !== -1 && form !== "bare" && isPortSuffix(text, quadEnd)) {
+    return text.slice(0, quadEnd);
+  }
   let host = text;
   if (text.charCodeAt(0) === 91 /* [ */) {
     const close = text.indexOf("]");
@@ -294,6 +300,32 @@ export function normaliseAddress(text: string, form: AddressForm): string | null
     }
   }
   return normaliseHost(host, 6);
+}
+
+/** Where the IPv4 address in canonical dotted form (no leading zeros) that starts `text` ends,
+ * or -1 if it does not start with one; what follows is for the caller to judge. */
+function dottedQuadEnd(text: string): number {
+  let i = 0;
+  for (let octet = 0; octet < 4; octet++) {
+    if (octet > 0) {
+      if (text.charCodeAt(i) !== 46 /* . */) return -1;
+      i++;
+    }
+    const first = text.charCodeAt(i) - 48;
+    if (!(first >= 0 && first <= 9)) return -1;
+    let value = first;
+    i++;
+    if (first !== 0) {
+      for (let digits = 1; digits < 3; digits++, i++) {
+        const digit = text.charCodeAt(i) - 48;
+        if (!(digit >= 0 && digit <= 9)) break;
+        value = value * 10 + digit;
+      }
+      if (value > 255) return -1;
+    }
+  }
+  const next = text.charCodeAt(i);
+  return next >= 48 && next <= 57 ? -1 : i;
 }
 
 /** Recent IPv6 host texts and their normal form: attackers repeat their address thousands of
