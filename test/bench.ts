@@ -18,6 +18,7 @@
  *   --rss-by-polling measure peak RSS by polling /proc even where GNU time exists
  *   --crossings N    threshold crossings timed for the watch latency (default 200; 0 skips it)
  *   --background N   background lines per second for the second latency run (default 10,000)
+ *   --startup-runs N timed runs per start-up command (default 20; 0 skips the start-up part)
  *
  * bench.ts --firewall-child TIMES -- ARGS   internal: the firewall part's child mode (item 4)
  * ```
@@ -48,6 +49,12 @@
  *    firewall is never touched.
  * 5. Watch latency (`sipcheck watch`): see the section "Watch latency" below; p50, p99 and max
  *    over `--crossings` threshold crossings, without and with `--background` lines per second.
+ * 6. Start-up: the wall time of whole processes, best and median of `--startup-runs` runs, under
+ *    each runtime: an empty script (the runtime's floor), a script that imports and uses what
+ *    sipcheck.ts imports from `node:` modules (read from sipcheck.ts at bench time), `sipcheck.ts
+ *    --help` and `sipcheck.ts --dry-run --quiet` on a one-line log; under Node all four again
+ *    with NODE_COMPILE_CACHE. The issue asks for `--help` within 2× of an empty script on the
+ *    same runtime. See the section "Start-up" below.
  *
  * @module
  */
@@ -60,9 +67,11 @@ import {
   mkdirSync,
   mkdtempSync,
   openSync,
+  readdirSync,
   readFileSync,
   readSync,
   rmSync,
+  statSync,
   writeFileSync,
   writeSync,
 } from "node:fs";
@@ -114,6 +123,7 @@ function parseOptions(argv: string[]) {
     polling: false,
     crossings: 200,
     background: 10_000,
+    startupRuns: 20,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -135,6 +145,7 @@ function parseOptions(argv: string[]) {
     else if (a === "--rss-by-polling") o.polling = true;
     else if (a === "--crossings") o.crossings = num();
     else if (a === "--background") o.background = num();
+    else if (a === "--startup-runs") o.startupRuns = num();
     else throw new Error(`unknown option ${a} (see the header of test/bench.ts)`);
   }
   return o;
@@ -168,7 +179,9 @@ interface Runtime {
   name: string;
   label: string;
   cmd: string;
-  /** Arguments before sipcheck's own, for --dry-run scans. */
+  /** Arguments before a script's path, with the permissions of the --dry-run scans. */
+  script: string[];
+  /** Arguments before sipcheck's own, for --dry-run scans: `script` and sipcheck.ts. */
   scan: string[];
   /** Arguments before sipcheck's own, for runs that change the firewall. */
   firewall: string[];
@@ -184,11 +197,13 @@ function findRuntimes(wanted: string[]): { runtimes: Runtime[]; notes: string[] 
     const cmd = isDeno ? Deno.execPath() : "deno";
     const version = firstLine(cmd, ["--version"]);
     if (version) {
+      const script = ["run", "--allow-read", "--allow-sys"];
       runtimes.push({
         name: "deno",
         label: `Deno ${version.split(" ")[1]}`,
         cmd,
-        scan: ["run", "--allow-read", "--allow-sys", SIPCHECK],
+        script,
+        scan: [...script, SIPCHECK],
         firewall: [
           "run",
           "--no-prompt",
@@ -220,6 +235,7 @@ function findRuntimes(wanted: string[]): { runtimes: Runtime[]; notes: string[] 
         name: "node",
         label: `Node ${version.replace(/^v/, "")}`,
         cmd,
+        script: [],
         scan: [SIPCHECK],
         firewall: [SIPCHECK],
         child: [BENCH, "--firewall-child"],
@@ -800,6 +816,225 @@ function sayLatency(results: LatencyResult[]): void {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Start-up (item 6). The issue asks for `sipcheck.ts --help` within 2× of an empty script on
+// the same runtime. Each command is a whole process, timed from spawn to exit in this process
+// with its stdout and stderr captured through pipes: an empty script (the runtime's floor); a
+// script that imports what sipcheck.ts imports from node: modules and uses every name as a value
+// (what loading them costs any program; under Deno, its Node compatibility layer); `--help`,
+// which adds reading, stripping and compiling sipcheck.ts; and `--dry-run --quiet` on a one-line
+// log, a real minimal scan. Under Node, all four once more with NODE_COMPILE_CACHE set to a fresh
+// directory, where Node keeps the type-stripped, compiled modules between runs (the cache serves
+// the empty script too, so the ratios of that row compare like with like). Every command has one
+// untimed warm-up run first (Deno keeps transpiled TypeScript and V8's code cache in DENO_DIR;
+// the warm-up also fills Node's compile cache); the timed runs then take the commands in turn, so
+// that the machine's slow moments fall on all of them alike.
+
+/** Best and median wall time of one start-up command, in milliseconds. */
+interface StartupStats {
+  best: number;
+  median: number;
+}
+
+/** The start-up times of one runtime, or of Node with its compile cache. */
+interface StartupResult {
+  runtime: string;
+  empty: StartupStats;
+  imports: StartupStats;
+  help: StartupStats;
+  scan: StartupStats;
+  /** With NODE_COMPILE_CACHE: files in the cache after the warm-up runs; else null. */
+  cachedFiles: number | null;
+}
+
+type StartupKey = "empty" | "imports" | "help" | "scan";
+type Env = Record<string, string | undefined>;
+
+/** The files the start-up commands run. */
+interface StartupFiles {
+  empty: string;
+  imports: string;
+  /** The one-line log, as checkReport expects it. */
+  log: WrittenLog;
+}
+
+/** The address of the one failure in the one-line log. */
+const STARTUP_ADDRESS = "203.0.113.50";
+
+/**
+ * sipcheck.ts's imports from node: modules (`import type` lines skipped) as import statements
+ * on one line each, and the local names they bind (inline `type` names left out).
+ */
+function nodeImports(source: string): { statements: string[]; names: string[] } {
+  const statements: string[] = [], names: string[] = [];
+  const re = /^import\s+(?!type\s)(?:([^;"]*?)\s+from\s+)?"(node:[^"]+)";/gm;
+  for (const [, clause = "", specifier] of source.matchAll(re)) {
+    const flat = clause.replace(/\s+/g, " ").trim();
+    statements.push(flat ? `import ${flat} from "${specifier}";` : `import "${specifier}";`);
+    const inBraces = (/\{([^}]*)\}/.exec(flat)?.[1] ?? "").split(",");
+    const outside = flat.replace(/\{[^}]*\}/, "").split(",");
+    for (const item of [...outside, ...inBraces].map((s) => s.trim())) {
+      if (item && !item.startsWith("type ")) names.push(item.split(/\s+as\s+/).pop() ?? item);
+    }
+  }
+  return { statements, names };
+}
+
+/** Wall time of one child process; stdout and stderr go to pipes and are kept. */
+function timeChild(cmd: string, args: readonly string[], env: Env) {
+  const t0 = performance.now();
+  const r = spawnSync(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env, maxBuffer: 1 << 26 });
+  const ms = performance.now() - t0;
+  return {
+    ms,
+    status: r.status,
+    stdout: String(r.stdout ?? ""),
+    stderr: String(r.stderr ?? r.error?.message ?? ""),
+  };
+}
+
+/** Number of files under a directory (0 if it does not exist). */
+function countFiles(path: string): number {
+  if (!existsSync(path)) return 0;
+  if (!statSync(path).isDirectory()) return 1;
+  return readdirSync(path).reduce((n, entry) => n + countFiles(join(path, entry)), 0);
+}
+
+/**
+ * Times the start-up commands under one runtime (under Node also with NODE_COMPILE_CACHE),
+ * `runs` times each after one warm-up run, and checks the one-line scan's counts once. Returns
+ * no results (and records a problem) when a command fails.
+ */
+async function startupRuns(
+  rt: Runtime,
+  runs: number,
+  files: StartupFiles,
+  dir: string,
+): Promise<StartupResult[]> {
+  const plain: Env = { ...process.env, LC_ALL: "C" };
+  delete plain.NODE_COMPILE_CACHE;
+  delete plain.NODE_DISABLE_COMPILE_CACHE;
+  const cacheDir = join(dir, `compile-cache-${rt.name}`);
+  const variants = [{ label: rt.label, env: plain, cache: false }];
+  if (rt.name === "node") {
+    variants.push({
+      label: `${rt.label}, NODE_COMPILE_CACHE`,
+      env: { ...plain, NODE_COMPILE_CACHE: cacheDir },
+      cache: true,
+    });
+  }
+  const commands = variants.flatMap((v) =>
+    ([
+      ["empty", "empty script", [...rt.script, files.empty]],
+      ["imports", "node: imports", [...rt.script, files.imports]],
+      ["help", "--help", [...rt.scan, "--help"]],
+      ["scan", "one-line scan", [...rt.scan, "--dry-run", "--quiet", files.log.path]],
+    ] as const).map(([key, what, args]) => ({
+      variant: v.label,
+      key,
+      what: `${what}${v.cache ? " with NODE_COMPILE_CACHE" : ""}`,
+      args,
+      env: v.env,
+      times: [] as number[],
+    }))
+  );
+  const fail = (what: string, why: string) => {
+    problems.push(`start-up, ${rt.label}, ${what}: ${why}`);
+    say(`  start-up, ${rt.label}, ${what}: ${why}`);
+    return [];
+  };
+  let cachedFiles: number | null = null;
+  for (let i = -1; i < runs; i++) {
+    for (const c of commands) {
+      const r = timeChild(rt.cmd, c.args, c.env);
+      const run = i < 0 ? "warm-up run" : `run ${i + 1}`;
+      if (r.status !== 0) {
+        return fail(c.what, `${run}: exit status ${r.status}; ${r.stderr.trim().slice(0, 300)}`);
+      }
+      if (c.key === "help" && !r.stdout.includes("sipcheck")) {
+        return fail(c.what, `${run}: no help text on stdout`);
+      }
+      if (i >= 0) c.times.push(r.ms);
+    }
+    if (i < 0 && variants.length > 1) cachedFiles = countFiles(cacheDir);
+  }
+  // The timed scan printed nothing (--quiet); check once with --json that it counted the line.
+  const outFile = join(dir, `one-line-${rt.name}.json`);
+  const m = await measure(rt.cmd, [...rt.scan, "--dry-run", "--json", files.log.path], outFile);
+  checkReport(`one-line log, ${rt.label}`, m, outFile, files.log);
+  return variants.map((v) => {
+    const stats = (key: StartupKey): StartupStats => {
+      const t = commands.find((c) => c.variant === v.label && c.key === key)?.times ?? [];
+      t.sort((a, b) => a - b);
+      return { best: t[0] ?? NaN, median: t.length ? percentile(t, 0.5) : NaN };
+    };
+    return {
+      runtime: v.label,
+      empty: stats("empty"),
+      imports: stats("imports"),
+      help: stats("help"),
+      scan: stats("scan"),
+      cachedFiles: v.cache ? cachedFiles : null,
+    };
+  });
+}
+
+const fmtMs = (ms: number) => `${ms.toFixed(0)} ms`;
+const fmtRatio = (a: number, b: number) => `${(a / b).toFixed(1)}×`;
+
+/** The progress line of one result, from the best or the median times. */
+function startupLine(r: StartupResult, pick: (s: StartupStats) => number): string {
+  const help = pick(r.help), empty = pick(r.empty), imports = pick(r.imports);
+  return `empty ${fmtMs(empty)}, node: imports ${fmtMs(imports)}, --help ${fmtMs(help)} ` +
+    `(${fmtRatio(help, empty)} empty, ${fmtRatio(help, imports)} imports), ` +
+    `one-line scan ${fmtMs(pick(r.scan))}`;
+}
+
+/** The start-up table for the summary. */
+function sayStartup(
+  results: StartupResult[],
+  runs: number,
+  imports: { modules: number; names: number },
+  spawnMs: number,
+): void {
+  const deno = results.some((r) => r.runtime.startsWith("Deno"));
+  const cache = results.some((r) => r.cachedFiles !== null);
+  say(
+    `Start-up: wall time of one process from spawn to exit, stdout and stderr to pipes; best / ` +
+      `median of ${runs} runs, the commands taken in turn, after one untimed warm-up run of ` +
+      `each. "Empty script" is a .ts file with one comment line; "node: imports" imports and ` +
+      `uses the ${imports.names} names sipcheck.ts imports from ${imports.modules} node: ` +
+      `modules; "one-line scan" is \`--dry-run --quiet\` on a log of one counted line. ` +
+      (deno
+        ? `Deno runs \`deno run --allow-read --allow-sys FILE\` (the permissions of the ` +
+          `--dry-run scans), its cache in DENO_DIR warm. `
+        : "") +
+      `Node runs \`node FILE\`` +
+      (cache
+        ? `, without a compile cache except in the rows marked NODE_COMPILE_CACHE (a fresh ` +
+          `directory, filled by the warm-up runs). `
+        : ". ") +
+      `The issue asks for \`--help\` within 2× of an empty script on the same runtime. ` +
+      `Spawning \`true\` takes ${fmtMs(spawnMs)} (best) from this process.`,
+  );
+  say();
+  say(
+    `| Runtime | Empty script | node: imports | \`--help\` | --help vs empty | ` +
+      `--help vs imports | One-line scan |`,
+  );
+  say(`|---|--:|--:|--:|--:|--:|--:|`);
+  const both = (s: StartupStats) => `${s.best.toFixed(0)} / ${fmtMs(s.median)}`;
+  const ratios = (a: StartupStats, b: StartupStats) =>
+    `${fmtRatio(a.best, b.best)} / ${fmtRatio(a.median, b.median)}`;
+  for (const r of results) {
+    say(
+      `| ${r.runtime} | ${both(r.empty)} | ${both(r.imports)} | ${both(r.help)} | ` +
+        `${ratios(r.help, r.empty)} | ${ratios(r.help, r.imports)} | ${both(r.scan)} |`,
+    );
+  }
+  say();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Main
 
 interface Row {
@@ -1028,6 +1263,65 @@ async function main(): Promise<number> {
     say();
   }
 
+  // 6. Start-up.
+  const startup: StartupResult[] = [];
+  const importCount = { modules: 0, names: 0 };
+  let spawnMs = NaN;
+  if (o.startupRuns > 0 && runtimes.length) {
+    const d = join(dir, "startup");
+    mkdirSync(d, { recursive: true });
+    const { statements, names } = nodeImports(readFileSync(SIPCHECK, "utf8"));
+    importCount.modules = statements.length;
+    importCount.names = names.length;
+    if (!statements.length) {
+      problems.push(`start-up: no \`import ... from "node:..."\` found in sipcheck.ts`);
+    }
+    const files: StartupFiles = {
+      empty: join(d, "empty.ts"),
+      imports: join(d, "imports.ts"),
+      log: {
+        path: join(d, "one-line.log"),
+        lines: 1,
+        bytes: new TextEncoder().encode(latencyLine(STARTUP_ADDRESS)).length,
+        failures: 1,
+        countedLines: 1,
+        expected: new Map([[STARTUP_ADDRESS, 1]]),
+      },
+    };
+    writeFileSync(
+      files.empty,
+      "// An empty script: the runtime's start-up floor (test/bench.ts).\n",
+    );
+    writeFileSync(
+      files.imports,
+      `// What sipcheck.ts imports from node: modules, each name used as a value ` +
+        `(test/bench.ts).\n${statements.join("\n")}\n` +
+        `const used = [${names.join(", ")}];\n` +
+        `if (used.some((x) => typeof x === "undefined")) throw new Error("an import is missing");\n`,
+    );
+    writeFileSync(files.log.path, latencyLine(STARTUP_ADDRESS));
+    spawnMs = Math.min(
+      ...Array.from({ length: o.startupRuns }, () => timeChild("true", [], process.env).ms),
+    );
+    say(
+      `start-up: ${o.startupRuns} runs per command after one warm-up run; ` +
+        `${names.length} names from ${statements.length} node: modules; ` +
+        `spawning \`true\` takes ${fmtMs(spawnMs)} (best)`,
+    );
+    for (const rt of runtimes) {
+      for (const r of await startupRuns(rt, o.startupRuns, files, d)) {
+        startup.push(r);
+        say(`  ${r.runtime}: ${startupLine(r, (s) => s.best)}`);
+        say(`    medians: ${startupLine(r, (s) => s.median)}`);
+        if (r.cachedFiles !== null) {
+          say(`    NODE_COMPILE_CACHE held ${r.cachedFiles} files after the warm-up runs`);
+        }
+      }
+    }
+    if (!o.keep) rmSync(d, { recursive: true, force: true });
+    say();
+  }
+
   // Summary.
   say(`## Results`);
   say();
@@ -1091,6 +1385,7 @@ async function main(): Promise<number> {
     say();
   }
   if (latency.length) sayLatency(latency);
+  if (startup.length) sayStartup(startup, o.startupRuns, importCount, spawnMs);
 
   if (!o.keep) {
     for (const f of files) rmSync(f, { force: true });
