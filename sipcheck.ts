@@ -2052,6 +2052,8 @@ export function defaultLog(exists: (path: string) => boolean = pathExists): stri
 export const PARALLEL_MIN = 64 << 20;
 /** Threads that read one file at most. */
 const PARALLEL_MAX = 4;
+/** The young generation of each reading thread, in MB (V8's default grows to 16 MB or more). */
+const WORKER_YOUNG_GENERATION_MB = 8;
 
 /** Part boundaries of an open file: `count` starts, each right after a line feed. */
 function partStarts(fd: number, size: number, count: number): number[] {
@@ -2112,7 +2114,12 @@ function scanPart(job: PartJob, tally: Tally, firstTries: Map<string, FirstTries
 /** Runs {@link scanPart} in a worker thread running this same file. */
 function scanPartInWorker(job: PartJob): Promise<PartResult> {
   return new Promise((resolve, reject) => {
-    const worker = new Worker(new URL(import.meta.url), { workerData: { sipcheckPart: job } });
+    const worker = new Worker(new URL(import.meta.url), {
+      workerData: { sipcheckPart: job },
+      // What a part allocates dies young; a small young generation keeps the thread's memory
+      // down (measured on a 330 MB log: 5 to 15 MB less at peak) and costs no time.
+      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+    });
     worker.once("message", resolve);
     worker.once("error", reject);
     worker.once("exit", (code) => reject(new Error(`a reading thread stopped (${code})`)));
@@ -2120,16 +2127,20 @@ function scanPartInWorker(job: PartJob): Promise<PartResult> {
 }
 
 /**
- * Scans a file into `tally`; throws on open or read errors. A large file is cut into parts at
- * line feeds and read on every core at once; the parts' tallies are joined exactly (see
- * {@link ScanPart}).
+ * Scans a file into `tally`; throws on open or read errors. A file of at least two `partMin`
+ * bytes is cut into parts at line feeds and read on every core at once, in worker threads; the
+ * parts' tallies are joined exactly (see {@link ScanPart}).
  */
-async function scanFile(path: string, tally: Tally): Promise<void> {
+export async function scanFile(
+  path: string,
+  tally: Tally,
+  partMin: number = PARALLEL_MIN,
+): Promise<void> {
   const fd = openSync(path, "r");
   let starts: number[];
   try {
     const size = fstatSync(fd).size;
-    const threads = Math.min(PARALLEL_MAX, availableParallelism(), Math.floor(size / PARALLEL_MIN));
+    const threads = Math.min(PARALLEL_MAX, availableParallelism(), Math.floor(size / partMin));
     starts = threads > 1 ? partStarts(fd, size, threads) : [0];
   } finally {
     closeSync(fd);

@@ -4,7 +4,9 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, test } from "node:test";
 import { isDeepStrictEqual } from "node:util";
 import {
@@ -16,12 +18,14 @@ import {
   newTally,
   OPEN_HEAD_WINDOW,
   PART_LOOKBACK,
+  scanFile,
   scanString,
   type Tally,
   TRIES_STEP_MAX,
 } from "../sipcheck.ts";
 import process from "node:process";
 import { fixture } from "./helpers.ts";
+import { writeLogFile } from "./loggen.ts";
 
 /** `# expect-total: ADDRESS N` and `# expect-NAME: N` lines of a fixture. */
 function expectations(text: string): { totals: Map<string, number>; values: Map<string, number> } {
@@ -251,6 +255,33 @@ describe("reading a log in parts (several cores at once)", () => {
     const cut = text.length - REGISTER("203.0.113.2").length;
     assert.deepEqual(plain(inParts(text, [0, cut])), plain(whole));
   });
+});
+
+describe("scanFile: one file read by worker threads at once", () => {
+  test(
+    "gives the tally of one reading, across open heads, tries runs and a generated log",
+    { skip: availableParallelism() < 2 && "one core here: the file would be read by one thread" },
+    async () => {
+      const dir = mkdtempSync(join(tmpdir(), "sipcheck-parts-"));
+      try {
+        const generated = join(dir, "generated.log");
+        writeLogFile(generated, { lines: 30_000, seed: 3 });
+        const text = readFileSync(fixture("open-heads.log"), "latin1") +
+          [5, 6, 7].map((n) => TRIES("203.0.113.60", n)).join("") +
+          readFileSync(generated, "latin1") + [8, 9].map((n) => TRIES("203.0.113.60", n)).join("") +
+          readFileSync(fixture("messages.log"), "latin1");
+        const path = join(dir, "all.log");
+        writeFileSync(path, Buffer.from(text, "latin1"));
+        const threaded = newTally();
+        await scanFile(path, threaded, 256 << 10); // parts of 256 KiB or more: one per core
+        const whole = scanString(text);
+        assert.ok(whole.failures > 5000 && whole.openHeads > 0, "the log holds what is tested");
+        assert.deepEqual(plain(threaded), plain(whole));
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });
 
 describe("records cut by a caller's line feeds (line-feed-forgeries.log)", () => {
