@@ -701,8 +701,11 @@ const PJSIP_CALL_TRACE = /^ ?[^ ]+: Call \([A-Z0-9-]+:([^()' ]+)\) to extension 
 
 /** res/res_pjsip/pjsip_distributor.c: the method token of `Request '%s' from …` (may hold `'`). */
 const PJSIP_METHOD = /^[A-Za-z0-9\-.!%*_+`'~]+$/;
+/** The characters of PJSIP_METHOD, by code, for reading the method in place. */
+const METHOD_CHARS = new Uint8Array(128);
+for (let c = 0; c < 128; c++) METHOD_CHARS[c] = PJSIP_METHOD.test(String.fromCharCode(c)) ? 1 : 0;
 /** The fixed end of the same line when an endpoint uses identify_by=auth_username (13.10+). */
-const PJSIP_TRIES = / after (\d+) tries in \d+\.\d+ ms$/;
+const PJSIP_TRIES = / after (\d+) tries in \d+\.\d+ ms$/y;
 
 /** channels/chan_iax2.c, 1.4 – master: `"Host %s failed to authenticate as %s\n"` (≤ 11 bare,
  * 12+ with port). The user name runs to the end of the line. */
@@ -995,7 +998,7 @@ const pjsipRequest: Family = {
       ) {
         return null;
       }
-      if (!PJSIP_METHOD.test(body.slice(9, space - 1))) return null;
+      for (let i = 9; i < space - 1; i++) if (METHOD_CHARS[body.charCodeAt(i)] !== 1) return null;
       from = space + 7;
     } else return null;
     let address: string | null | undefined; // undefined until a reading holds
@@ -1012,7 +1015,10 @@ const pjsipRequest: Family = {
       address = reading;
     }
     if (address === undefined) return null;
-    const tries = body.endsWith(" ms") ? PJSIP_TRIES.exec(body) : null;
+    // Only the last " after " can start the fixed end (what follows it holds no other).
+    const after = body.endsWith(" ms") ? body.lastIndexOf(" after ") : -1;
+    PJSIP_TRIES.lastIndex = after;
+    const tries = after > 0 ? PJSIP_TRIES.exec(body) : null;
     return failure("pjsip-request", address, false, tries ? Number(tries[1]) : undefined);
   },
 };
