@@ -12,6 +12,7 @@
  *   --sample N       bans timed for the one-iptables-per-ban baseline (default 1,000)
  *   --runs N         timed runs per measurement; the best is reported (default 3)
  *   --runtimes LIST  deno,node (default both)
+ *   --no-node-cache  skip the scans under Node with NODE_COMPILE_CACHE (see item 2)
  *   --no-firewall    skip the firewall part
  *   --dir D          where to write the logs (default a new directory under the temp dir)
  *   --keep           keep the generated logs
@@ -32,10 +33,25 @@
  *    stretch of a shared machine cannot favour one of them. The first sipcheck run of each file
  *    is checked against the expected counts, address by address; any difference is printed and
  *    makes the exit status 1.
+ *    With Node, each of these logs is also scanned by a third runtime variant, "Node VERSION,
+ *    NODE_COMPILE_CACHE": `env NODE_COMPILE_CACHE=DIR node sipcheck.ts ...`, DIR being
+ *    `compile-cache-scan` in the logs' directory, emptied at the start (`--no-node-cache` skips
+ *    it). It measures the README's advice to Node users: Node keeps the type-stripped
+ *    sipcheck.ts and V8's code cache in DIR instead of stripping and compiling the file again in
+ *    the main thread and in each worker thread that reads a part of a large log. It takes its
+ *    turn on the main log like the others, its first run of each log is checked the same way,
+ *    and it has rows of its own in the results. The cache is warm: one untimed `--help` and one
+ *    untimed scan of a small log fill it before any timed run (the worker threads read the same
+ *    cache entries as the main thread). It is left out of the firewall, watch-latency and
+ *    start-up parts (start-up has NODE_COMPILE_CACHE rows of its own). A NODE_COMPILE_CACHE or
+ *    NODE_DISABLE_COMPILE_CACHE in the bench's own environment is removed for every child, so
+ *    the plain Node rows run without a compile cache.
  * 3. Peak RSS: with `/usr/bin/time -f %M` (GNU time; the child's ru_maxrss) when present, else by
  *    polling `VmHWM` in `/proc/<pid>/status` every 10 ms while the child runs (VmHWM is the
  *    high-water mark, so the last reading before exit is the peak). Wall time is measured around
- *    the child in this process; the wrapper adds well under a millisecond.
+ *    the child in this process; the wrapper adds well under a millisecond. `env` execs node in
+ *    the same process, so both ways measure node there (ru_maxrss keeps the larger of env's
+ *    tiny peak and node's; VmHWM starts afresh at the exec).
  * 4. Firewall (root, `unshare` and `iptables` only): in a private network and mount namespace
  *    (`unshare -n -m`, fresh tmpfs on /run for the lock file) sipcheck bans the offenders of a
  *    generated log, then runs again with all of them already banned, under each runtime. Both
@@ -119,6 +135,7 @@ function parseOptions(argv: string[]) {
     sample: 1_000,
     runs: 3,
     runtimes: ["deno", "node"],
+    nodeCache: true,
     firewall: true,
     dir: "",
     keep: false,
@@ -141,6 +158,7 @@ function parseOptions(argv: string[]) {
     else if (a === "--sample") o.sample = num();
     else if (a === "--runs") o.runs = Math.max(1, num());
     else if (a === "--runtimes") o.runtimes = (argv[++i] ?? "").split(",").filter(Boolean);
+    else if (a === "--no-node-cache") o.nodeCache = false;
     else if (a === "--no-firewall") o.firewall = false;
     else if (a === "--dir") o.dir = argv[++i] ?? "";
     else if (a === "--keep") o.keep = true;
@@ -189,9 +207,23 @@ interface Runtime {
   firewall: string[];
   /** Arguments that start this file's child mode; `TIMES -- ARGS` follow (see firewallChild). */
   child: string[];
+  /**
+   * Only in the scans of the main, long-line and distinct-addresses logs, not in the firewall,
+   * watch-latency and start-up parts: Node with NODE_COMPILE_CACHE.
+   */
+  scanOnly?: boolean;
+  /** With NODE_COMPILE_CACHE: the cache directory, filled by {@link warmCompileCache}. */
+  compileCache?: string;
 }
 
-function findRuntimes(wanted: string[]): { runtimes: Runtime[]; notes: string[] } {
+/**
+ * Finds the runtimes. With `compileCache`, Node is also run as `env NODE_COMPILE_CACHE=DIR node`
+ * (env execs node, so time and peak RSS are still node's), for the scans only.
+ */
+function findRuntimes(
+  wanted: string[],
+  compileCache: string | null,
+): { runtimes: Runtime[]; notes: string[] } {
   const runtimes: Runtime[] = [];
   const notes: string[] = [];
   const isDeno = typeof Deno !== "undefined";
@@ -233,18 +265,56 @@ function findRuntimes(wanted: string[]): { runtimes: Runtime[]; notes: string[] 
     }
     const version = cmd ? firstLine(cmd, ["--version"]) : "";
     if (version && ok(version)) {
+      const label = `Node ${version.replace(/^v/, "")}`;
       runtimes.push({
         name: "node",
-        label: `Node ${version.replace(/^v/, "")}`,
+        label,
         cmd,
         script: [],
         scan: [SIPCHECK],
         firewall: [SIPCHECK],
         child: [BENCH, "--firewall-child"],
       });
+      if (compileCache) {
+        const script = [`NODE_COMPILE_CACHE=${compileCache}`, cmd];
+        runtimes.push({
+          name: "node-cache",
+          label: `${label}, NODE_COMPILE_CACHE`,
+          cmd: "env",
+          script,
+          scan: [...script, SIPCHECK],
+          firewall: [...script, SIPCHECK],
+          child: [...script, BENCH, "--firewall-child"],
+          scanOnly: true,
+          compileCache,
+        });
+      }
     } else notes.push("no Node >= 22.18 found (tried npx -y node@24): Node runs skipped");
   }
   return { runtimes, notes };
+}
+
+/**
+ * Fills the NODE_COMPILE_CACHE of a runtime before its timed runs: one untimed `--help` and one
+ * untimed scan of `log` (the worker threads of a large scan read the same entries as the main
+ * thread). Returns the number of files in the cache then, or null (and records a problem) when a
+ * run fails or the cache stays empty.
+ */
+function warmCompileCache(rt: Runtime, log: string): number | null {
+  const fail = (why: string) => {
+    problems.push(`compile cache warm-up, ${rt.label}: ${why}`);
+    say(`  compile cache warm-up, ${rt.label}: ${why}`);
+    return null;
+  };
+  const env: Env = { ...process.env, LC_ALL: "C" };
+  for (const args of [["--help"], ["--dry-run", "--quiet", log]]) {
+    const r = timeChild(rt.cmd, [...rt.scan, ...args], env);
+    if (r.status !== 0) {
+      return fail(`${args[0]}: exit status ${r.status}; ${r.stderr.trim().slice(0, 300)}`);
+    }
+  }
+  const n = countFiles(rt.compileCache ?? "");
+  return n > 0 ? n : fail(`${rt.compileCache} is still empty`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1085,14 +1155,25 @@ async function main(): Promise<number> {
   const madeDir = !o.dir;
   const dir = o.dir || mkdtempSync(join(tmpdir(), "sipcheck-bench-"));
   mkdirSync(dir, { recursive: true });
-  const { runtimes, notes } = findRuntimes(o.runtimes);
+  // The plain Node rows run without a compile cache, the NODE_COMPILE_CACHE rows with their own.
+  for (const name of ["NODE_COMPILE_CACHE", "NODE_DISABLE_COMPILE_CACHE"]) {
+    if (process.env[name] !== undefined) {
+      say(`note: ${name}=${process.env[name]} removed from the environment of every child`);
+      delete process.env[name];
+    }
+  }
+  const compileCache = join(dir, "compile-cache-scan");
+  rmSync(compileCache, { recursive: true, force: true });
+  const { runtimes, notes } = findRuntimes(o.runtimes, o.nodeCache ? compileCache : null);
+  /** The runtimes of the firewall, watch-latency and start-up parts. */
+  const full = runtimes.filter((rt) => !rt.scanOnly);
   for (const n of notes) say(`note: ${n}`);
 
   const cpu = /model name\s*:\s*(.*)/.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "?";
   const grepVersion = firstLine("grep", ["--version"]).replace(/^grep \((.*)\)/, "$1");
   const machine = `${cpu}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, ` +
     `Linux ${release()}`;
-  const versions = [...runtimes.map((r) => r.label), grepVersion].join(", ");
+  const versions = [...full.map((r) => r.label), grepVersion].join(", ");
   say(`# sipcheck benchmark`);
   say(`machine: ${machine}`);
   say(`runtimes: ${versions}`);
@@ -1115,10 +1196,15 @@ async function main(): Promise<number> {
     return log;
   };
 
-  /** Times sipcheck --dry-run on a log under every runtime, checking the first run's counts. */
-  const scanAll = async (label: string, log: WrittenLog, extra: string[] = []) => {
+  /** Times sipcheck --dry-run on a log under each runtime, checking the first run's counts. */
+  const scanAll = async (
+    label: string,
+    log: WrittenLog,
+    extra: string[] = [],
+    rts: Runtime[] = runtimes,
+  ) => {
     const out: Record<string, Best> = {};
-    for (const rt of runtimes) {
+    for (const rt of rts) {
       const outFile = join(dir, `out-${rt.name}.json`);
       const args = [...rt.scan, "--dry-run", "--json", ...extra, log.path];
       out[rt.name] = await bestOf(o.runs, rt.cmd, args, outFile, (m) => {
@@ -1131,6 +1217,26 @@ async function main(): Promise<number> {
     }
     return out;
   };
+
+  // Fill the compile cache of the NODE_COMPILE_CACHE runs before any of them is timed.
+  const cached = runtimes.filter((rt) => rt.compileCache);
+  if (cached.length) {
+    const warmLog = generate(
+      "compile cache warm-up log",
+      () => writeLogFile(join(dir, "messages-warm-up.log"), { lines: 2_000, seed: 5 }),
+    );
+    for (const rt of cached) {
+      const n = warmCompileCache(rt, warmLog.path);
+      if (n !== null) {
+        say(
+          `  ${rt.label}: cache warm (${n} files after an untimed --help and an untimed scan ` +
+            `of this log)`,
+        );
+      }
+    }
+    rmSync(warmLog.path, { force: true });
+    say();
+  }
 
   // 1. Main log against grep.
   const mainLog = generate(
@@ -1259,8 +1365,13 @@ async function main(): Promise<number> {
         `firewall log (${fmtInt(o.offenders)} offenders)`,
         () => writeLogFile(join(dir, "messages-offenders.log"), opts),
       );
-      const scan = await scanAll("offenders log (dry run)", log, ["-t", String(FW_THRESHOLD)]);
-      for (const rt of runtimes) {
+      const scan = await scanAll(
+        "offenders log (dry run)",
+        log,
+        ["-t", String(FW_THRESHOLD)],
+        full,
+      );
+      for (const rt of full) {
         const r = firewallRuns(rt, log, o.runs, dir);
         if (r) {
           fw.push({ runtime: rt.label, ...r });
@@ -1293,7 +1404,7 @@ async function main(): Promise<number> {
       `watch latency: ${fmtInt(o.crossings)} crossings per run, ` +
         (why ? `--dry-run (${why})` : "real iptables in a private namespace"),
     );
-    for (const rt of runtimes) {
+    for (const rt of full) {
       for (const rate of [0, o.background]) {
         const r = await watchLatency(rt, o.crossings, rate, why === null, dir);
         if (r) {
@@ -1312,7 +1423,7 @@ async function main(): Promise<number> {
   const startup: StartupResult[] = [];
   const importCount = { modules: 0, names: 0 };
   let spawnMs = NaN;
-  if (o.startupRuns > 0 && runtimes.length) {
+  if (o.startupRuns > 0 && full.length) {
     const d = join(dir, "startup");
     mkdirSync(d, { recursive: true });
     const { statements, names } = nodeImports(readFileSync(SIPCHECK, "utf8"));
@@ -1353,7 +1464,7 @@ async function main(): Promise<number> {
         `${names.length} names from ${statements.length} node: modules; ` +
         `spawning \`true\` takes ${fmtMs(spawnMs)} (best)`,
     );
-    for (const rt of runtimes) {
+    for (const rt of full) {
       for (const r of await startupRuns(rt, o.startupRuns, files, d)) {
         startup.push(r);
         say(`  ${r.runtime}: ${startupLine(r, (s) => s.best)}`);
@@ -1373,7 +1484,13 @@ async function main(): Promise<number> {
   say(`Machine: ${machine}. Runtimes: ${versions}.`);
   say(
     `Best of ${o.runs} runs, page cache warm. Peak RSS is the maximum over the runs ` +
-      `(${haveTime ? "GNU time %M" : "VmHWM polling"}).`,
+      `(${haveTime ? "GNU time %M" : "VmHWM polling"}).` +
+      (cached.length
+        ? ` Rows marked NODE_COMPILE_CACHE run \`env NODE_COMPILE_CACHE=DIR node ` +
+          `sipcheck.ts\` with the compile cache warm (filled by an untimed \`--help\` and an ` +
+          `untimed scan of a small log before the timed runs; the worker threads that read ` +
+          `parts of a large log use it too); the other Node rows run without a compile cache.`
+        : ""),
   );
   say();
   say(`| Input | Tool | Time | Lines/s | MB/s | Peak RSS | Time vs grep |`);
@@ -1436,7 +1553,8 @@ async function main(): Promise<number> {
     for (const f of files) rmSync(f, { force: true });
     rmSync(madeDir ? dir : join(dir, "fw-baseline"), { recursive: true, force: true });
     if (!madeDir) {
-      for (const rt of runtimes) {
+      rmSync(compileCache, { recursive: true, force: true });
+      for (const rt of full) {
         for (let i = 0; i < o.runs; i++) {
           rmSync(join(dir, `fw-${rt.name}-${i}`), { recursive: true, force: true });
         }
