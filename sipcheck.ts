@@ -443,7 +443,10 @@ function addressBits(address: string, version: IpVersion): bigint {
 /** Parses `ADDR` or `ADDR/PREFIX` (IPv4 or IPv6); null when malformed. */
 export function parseCidr(text: string): Cidr | null {
   const slash = text.indexOf("/");
-  const address = slash === -1 ? text : text.slice(0, slash);
+  let address = slash === -1 ? text : text.slice(0, slash);
+  // An IPv6 zone (fe80::1%eth0) means nothing to iptables: the address alone is meant.
+  const zone = address.indexOf("%");
+  if (zone !== -1 && address.includes(":")) address = address.slice(0, zone);
   const version = isIP(address);
   if (version !== 4 && version !== 6) return null;
   const width = version === 4 ? 32 : 128;

@@ -178,6 +178,20 @@ describe("normaliseAddress", () => {
     ["01.2.3.4", "bare", null],
     ["", "bare", null],
     ["2001:db8::g", "bare", null],
+    // From the review of the one-pass IPv4 reading: the same answers as the general path.
+    ["1.2.3.4:05060", "srcname", "1.2.3.4"],
+    ["2001:db8::61:5060", "srcname", "2001:db8::61"],
+    ["2001:db8::61:5060", "bare", "2001:db8::61:5060"],
+    ["1.2.3.4", "srcname", null],
+    ["1.2.3.4:", "sockaddr", null],
+    ["1.2.3.4:123456", "sockaddr", null],
+    ["01.2.3.4:5060", "sockaddr", null],
+    ["1.2.3.4.5:5060", "srcname", null],
+    ["1.2.3.4:5060", "bare", null],
+    ["1.2.3.256:5060", "sockaddr", null],
+    ["1.2.3.4%eth0", "bare", null],
+    ["[1.2.3.4]:5060", "sockaddr", null],
+    ["1.2.3.4:5:6", "srcname", null],
   ];
   for (const [text, form, expected] of table) {
     test(`${JSON.stringify(text)} as ${form} → ${expected}`, () => {
@@ -215,6 +229,30 @@ describe("normaliseAddress", () => {
     function pick(list: string[]) {
       return list[random(list.length)];
     }
+  });
+  test("ipv6Groups: edge cases", () => {
+    assert.deepEqual(ipv6Groups("1:2:3:4:5:6:7::"), [1, 2, 3, 4, 5, 6, 7, 0]);
+    assert.deepEqual(ipv6Groups("::1:2:3:4:5:6:7"), [0, 1, 2, 3, 4, 5, 6, 7]);
+    assert.deepEqual(ipv6Groups("1:2:3:4:5::1.2.3.4"), [1, 2, 3, 4, 5, 0, 258, 772]);
+    assert.deepEqual(ipv6Groups("1:2:3:4:5:6:1.2.3.4"), [1, 2, 3, 4, 5, 6, 258, 772]);
+    assert.deepEqual(ipv6Groups("::"), [0, 0, 0, 0, 0, 0, 0, 0]);
+    for (
+      const bad of [
+        "1::2:3:4:5:6:7:8",
+        "1:2:3:4:5:6::1.2.3.4",
+        "1:2:3:4:5:6:7:1.2.3.4",
+        "::01.2.3.4",
+        "::1.2.3",
+        ":::",
+        "1:",
+        ":1",
+        "12345::",
+        "1.2.3.4",
+        "::ffff:1a.2.3.4",
+        "1::2::3",
+        "fe80::1%eth0",
+      ]
+    ) assert.equal(ipv6Groups(bad), null, bad);
   });
   test("ipv6Groups accepts exactly what isIP accepts, and reads the groups the URL parser reads", () => {
     let seed = 11;
@@ -288,6 +326,11 @@ describe("parseCidr and isInAny", () => {
     assert.ok(!isInAny("2001:db8:b::1", blocks));
     assert.ok(isInAny("198.51.100.200", blocks), "a mapped block is an IPv4 block");
     assert.ok(!isInAny("198.51.101.1", blocks));
+  });
+  test("an IPv6 zone is ignored: the address alone is meant", () => {
+    assert.deepEqual(parseCidr("fe80::1%eth0"), parseCidr("fe80::1"));
+    assert.deepEqual(parseCidr("fe80::%eth0/64"), parseCidr("fe80::/64"));
+    assert.equal(parseCidr("1.2.3.4%eth0"), null, "IPv4 has no zone");
   });
   test("/0 matches everything of its family only", () => {
     const all4 = [parseCidr("0.0.0.0/0")!];
