@@ -39,7 +39,7 @@
  */
 
 import { Buffer } from "node:buffer";
-import { spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import {
   closeSync,
   existsSync,
@@ -1983,7 +1983,7 @@ const deno = (globalThis as { Deno?: typeof Deno }).Deno;
 
 /**
  * Runs a program by absolute path with an argv array, never through a shell. On Deno it uses
- * Deno.Command, which needs only `--allow-run=<path>`; on Node, spawnSync.
+ * Deno.Command, which needs only `--allow-run=<path>`; on Node, child_process.spawn.
  */
 export const runProgram: Runner = async (binary, args, input) => {
   if (deno) {
@@ -2006,9 +2006,26 @@ export const runProgram: Runner = async (binary, args, input) => {
       stderr: decoder.decode(output.stderr),
     };
   }
-  const result = spawnSync(binary, args, { input, encoding: "utf8", maxBuffer: 256 << 20 });
-  if (result.error) throw result.error;
-  return { code: result.status ?? 1, stdout: result.stdout, stderr: result.stderr };
+  // Asynchronous, so that the IPv4 and IPv6 calls of a run can go at once.
+  return await new Promise<RunResult>((resolve, reject) => {
+    const child = spawn(binary, [...args], {
+      stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+    });
+    const stdout: Buffer[] = [];
+    const stderr: Buffer[] = [];
+    child.stdout?.on("data", (chunk: Buffer) => stdout.push(chunk));
+    child.stderr?.on("data", (chunk: Buffer) => stderr.push(chunk));
+    child.once("error", reject);
+    child.once("close", (code) => {
+      resolve({
+        code: code ?? 1,
+        stdout: Buffer.concat(stdout).toString("utf8"),
+        stderr: Buffer.concat(stderr).toString("utf8"),
+      });
+    });
+    child.stdin?.on("error", () => {}); // a program that exits without reading: its code says why
+    child.stdin?.end(input);
+  });
 };
 
 /** An expected failure, with the exit code and the one line to print. */
@@ -5371,30 +5388,32 @@ async function scan(options: Options, deps: Deps): Promise<number> {
 
   if (!options.dryRun) {
     try {
-      for (const version of versions) {
-        if (offenders.some((d) => d.action === "banned" && versionOf(d.ip) === version)) {
-          states.set(version, await listChain(deps.run, version));
-        }
-      }
-      const banned = new Set([...states.values()].flatMap((state) => [...state.bans]));
+      // IPv4 and IPv6 are separate tables: their calls go at once.
+      const needed = versions.filter((version) =>
+        offenders.some((d) => d.action === "banned" && versionOf(d.ip) === version)
+      );
+      const listed = await Promise.all(needed.map((version) => listChain(deps.run, version)));
+      needed.forEach((version, k) => states.set(version, listed[k]));
+      const banned = new Set(listed.flatMap((state) => [...state.bans]));
       decisions = decide(tally.counts.atLeast(options.threshold), { ...options, ignore, banned });
-      const added: [IpVersion, string[]][] = [];
-      try {
-        for (const [version, state] of states) {
-          const fresh = decisions
-            .filter((d) => d.action === "banned" && versionOf(d.ip) === version)
-            .map((d) => d.ip);
-          if (fresh.length === 0) continue;
-          await addBans(deps.run, version, state, fresh);
-          added.push([version, fresh]);
-        }
-      } catch (error) {
+      const batches = [...states].map(([version, state]) => ({
+        version,
+        state,
+        fresh: decisions
+          .filter((d) => d.action === "banned" && versionOf(d.ip) === version)
+          .map((d) => d.ip),
+      })).filter((batch) => batch.fresh.length > 0);
+      const results = await Promise.allSettled(
+        batches.map((batch) => addBans(deps.run, batch.version, batch.state, batch.fresh)),
+      );
+      const failed = results.find((result) => result.status === "rejected");
+      if (failed) {
         // Each batch is atomic; undo the batches that went in so that the run changes nothing.
-        for (const [version, fresh] of added) {
-          await removeBans(deps.run, version, states.get(version) as ChainState, fresh)
-            .catch(() => {});
+        for (const [k, batch] of batches.entries()) {
+          if (results[k].status !== "fulfilled") continue;
+          await removeBans(deps.run, batch.version, batch.state, batch.fresh).catch(() => {});
         }
-        throw error;
+        throw failed.reason;
       }
     } catch (error) {
       if (!(error instanceof SipcheckError)) throw error;

@@ -296,6 +296,43 @@ describe("main", () => {
     assert.match(h.stdout(), /would ban +203\.0\.113\.1/);
     h.done();
   });
+  test("a failed IPv4 batch undoes the IPv6 one that went in at the same time", async () => {
+    const h = harness();
+    h.firewall.fail[4] = true;
+    const log = writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 });
+    assert.equal(await main([log], h.deps), EXIT.unavailable);
+    assert.deepEqual(h.firewall.bans(6), []);
+    assert.equal(h.firewall.chains[6].has(CHAIN), false, "the chain it created is gone again");
+    assert.deepEqual(h.firewall.chains[6].get("INPUT"), []);
+    assert.match(h.stderr(), /iptables-restore -w --noflush failed: .*; nothing was banned\n$/);
+    h.done();
+  });
+  test("the IPv4 and IPv6 batches run at the same time", async () => {
+    const h = harness();
+    let release = () => {};
+    h.firewall.hold = new Promise((resolve) => release = resolve);
+    let started = 0;
+    let together = false;
+    let gaveUp = false;
+    h.firewall.onRestore = () => {
+      if (++started === 2 && !gaveUp) {
+        together = true;
+        release();
+      }
+    };
+    // One after the other, the second would never start while the first waits: do not hang.
+    const fallback = setTimeout(() => {
+      gaveUp = true;
+      release();
+    }, 2000);
+    const log = writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 });
+    assert.equal(await main([log], h.deps), 0);
+    clearTimeout(fallback);
+    assert.ok(together, "the second batch started while the first was still running");
+    assert.deepEqual(h.firewall.bans(4), ["203.0.113.1/32"]);
+    assert.deepEqual(h.firewall.bans(6), ["2001:db8::1/128"]);
+    h.done();
+  });
   test("a missing iptables is 69 with an install hint", async () => {
     const h = harness();
     h.firewall.missing = true;
