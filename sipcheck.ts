@@ -199,7 +199,8 @@ export interface Decision {
 /** An address block: `a.b.c.d/n` or `v6/n`. */
 export interface Cidr {
   version: 4 | 6;
-  bits: bigint;
+  /** The block's address as 32-bit words: one for IPv4, four for IPv6. */
+  words: number[];
   prefix: number;
 }
 
@@ -429,15 +430,21 @@ function ipv6Text(g: readonly number[]): string {
   return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
 }
 
-/** The address as a number, for prefix comparisons. */
-function addressBits(address: string, version: IpVersion): bigint {
-  if (version === 4) {
-    return address.split(".").reduce((bits, octet) => (bits << 8n) | BigInt(octet), 0n);
+/** An address as 32-bit words (one for IPv4, four for IPv6), or null if it is not one. */
+function addressWords(address: string): number[] | null {
+  const ipv4 = ipv4Number(address);
+  if (ipv4 !== -1) return [ipv4];
+  const g = ipv6Groups(address);
+  return g && [0, 2, 4, 6].map((i) => ((g[i] << 16) | g[i + 1]) >>> 0);
+}
+
+/** True when the first `prefix` bits of two addresses (as {@link addressWords}) agree. */
+function samePrefix(a: readonly number[], b: readonly number[], prefix: number): boolean {
+  for (let word = 0; word * 32 < prefix; word++) {
+    const mask = (0xffffffff << (32 - Math.min(32, prefix - word * 32))) >>> 0;
+    if (((a[word] ^ b[word]) & mask) !== 0) return false;
   }
-  return (ipv6Groups(address) as number[]).reduce(
-    (bits, group) => (bits << 16n) | BigInt(group),
-    0n,
-  );
+  return true;
 }
 
 /** Parses `ADDR` or `ADDR/PREFIX` (IPv4 or IPv6); null when malformed. */
@@ -463,20 +470,17 @@ export function parseCidr(text: string): Cidr | null {
     if (prefix < 96) return null;
     prefix -= 96;
   }
-  return { version: normalVersion, bits: addressBits(normal, normalVersion), prefix };
+  return { version: normalVersion, words: addressWords(normal) as number[], prefix };
 }
 
 /** True when the normalised address lies in one of the blocks. */
 export function isInAny(address: string, blocks: readonly Cidr[]): boolean {
-  const version = isIP(address) as IpVersion;
-  if (version !== 4 && version !== 6) return false;
-  const width = version === 4 ? 32 : 128;
-  const bits = addressBits(address, version);
-  return blocks.some((block) => {
-    if (block.version !== version) return false;
-    const shift = BigInt(width - block.prefix);
-    return bits >> shift === block.bits >> shift;
-  });
+  const words = addressWords(address);
+  if (words === null) return false;
+  const version = words.length === 1 ? 4 : 6;
+  return blocks.some((block) =>
+    block.version === version && samePrefix(words, block.words, block.prefix)
+  );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -332,6 +332,40 @@ describe("parseCidr and isInAny", () => {
     assert.deepEqual(parseCidr("fe80::%eth0/64"), parseCidr("fe80::/64"));
     assert.equal(parseCidr("1.2.3.4%eth0"), null, "IPv4 has no zone");
   });
+  test("isInAny agrees with a BigInt prefix comparison on 20,000 generated cases", () => {
+    let seed = 17;
+    const random = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % n;
+    const randomBits = (width: number) => {
+      let bits = 0n;
+      for (let i = 0; i < width; i += 16) bits = (bits << 16n) | BigInt(random(0x10000));
+      return bits & ((1n << BigInt(width)) - 1n);
+    };
+    const text = (bits: bigint, width: number) =>
+      width === 32
+        ? [24n, 16n, 8n, 0n].map((shift) => (bits >> shift) & 255n).join(".")
+        : [112n, 96n, 80n, 64n, 48n, 32n, 16n, 0n].map((shift) =>
+          ((bits >> shift) & 0xffffn).toString(16)
+        )
+          .join(":");
+    for (let n = 0; n < 20_000; n++) {
+      const width = random(2) ? 32 : 128;
+      // A first IPv6 group of 0x2000 or more keeps clear of IPv4-mapped blocks.
+      const block = width === 32 ? randomBits(32) : (randomBits(128) | (0x2000n << 112n));
+      const prefix = random(width + 1);
+      const same = random(width + 1); // bits kept from the block's address; the rest at random
+      const keep = same === 0 ? 0n : ((1n << BigInt(same)) - 1n) << BigInt(width - same);
+      const address = (block & keep) | (randomBits(width) & ~keep & ((1n << BigInt(width)) - 1n));
+      const shift = BigInt(width - prefix);
+      const expected = block >> shift === address >> shift;
+      const cidr = parseCidr(`${text(block, width)}/${prefix}`);
+      assert.ok(cidr, text(block, width));
+      assert.equal(
+        isInAny(text(address, width), [cidr]),
+        expected,
+        `${text(address, width)} in ${text(block, width)}/${prefix}`,
+      );
+    }
+  });
   test("/0 matches everything of its family only", () => {
     const all4 = [parseCidr("0.0.0.0/0")!];
     assert.ok(isInAny("203.0.113.1", all4));
