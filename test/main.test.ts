@@ -200,7 +200,11 @@ describe("reports", () => {
     assert.equal(formatReport(decisions, tally, summary, true).split("\n").length, 3);
   });
   test("JSON: totals and every address, highest first", () => {
-    const report = JSON.parse([...jsonReport(decisions, tally, summary)].join(""));
+    const text = [...jsonReport(decisions, tally, summary)].join("");
+    const report = JSON.parse(text);
+    for (const entry of report.addresses) {
+      assert.ok(text.includes(`\n${JSON.stringify(entry)}`), "one address per line, as stringify");
+    }
     assert.equal(report.lines, 7);
     assert.equal(report.failures, 7);
     assert.equal(report.threshold, 3);
