@@ -274,33 +274,24 @@ function isPortSuffix(text: string, from: number): boolean {
  * address in the given form (a host name, `(null)`, garbage).
  */
 export function normaliseAddress(text: string, form: AddressForm): string | null {
-  // Most addresses are `a.b.c.d` or `a.b.c.d:port`: one pass settles them.
   const quadEnd = dottedQuadEnd(text);
-  if (quadEnd === text.length) return form === "srcname" ? null : text;
-  if (quadEnd !== -1 && form !== "bare" && isPortSuffix(text, quadEnd)) {
-    return text.slice(0, quadEnd);
+  if (quadEnd !== -1) {
+    // IPv4 (no IPv6 text starts with a dotted quad): `a.b.c.d`, and `:port` where the form has one.
+    if (quadEnd === text.length) return form === "srcname" ? null : text;
+    return form !== "bare" && isPortSuffix(text, quadEnd) ? text.slice(0, quadEnd) : null;
   }
   let host = text;
   if (text.charCodeAt(0) === 91 /* [ */) {
     const close = text.indexOf("]");
     if (form === "bare" || close < 0 || !isPortSuffix(text, close + 1)) return null;
     host = text.slice(1, close);
-  } else {
-    const firstColon = text.indexOf(":");
+  } else if (form === "sockaddr") return null; // it brackets IPv6 (and always adds the port)
+  else if (form === "srcname") {
     const lastColon = text.lastIndexOf(":");
-    if (firstColon !== -1 && firstColon === lastColon) {
-      // a.b.c.d:port
-      if (form === "bare" || !isPortSuffix(text, lastColon)) return null;
-      return normaliseHost(text.slice(0, lastColon), 4);
-    }
-    if (firstColon === -1) return form === "srcname" ? null : normaliseHost(text, 4);
-    if (form === "sockaddr") return null; // it brackets IPv6 (and always adds the port)
-    if (form === "srcname") {
-      if (!isPortSuffix(text, lastColon)) return null;
-      host = text.slice(0, lastColon);
-    }
+    if (!isPortSuffix(text, lastColon)) return null;
+    host = text.slice(0, lastColon);
   }
-  return normaliseHost(host, 6);
+  return normaliseIPv6(host);
 }
 
 /** Where the IPv4 address in canonical dotted form (no leading zeros) that starts `text` ends,
@@ -334,9 +325,8 @@ function dottedQuadEnd(text: string): number {
 const IPV6_HOSTS = new Map<string, string | null>();
 const IPV6_HOSTS_MAX = 1024;
 
-/** A host (no port, no brackets) of the given syntax, normalised, or null if not an address. */
-function normaliseHost(host: string, version: IpVersion): string | null {
-  if (version === 4) return ipv4Number(host) === -1 ? null : host;
+/** An IPv6 host (no port, no brackets, maybe a zone) normalised, or null if it is not one. */
+function normaliseIPv6(host: string): string | null {
   let normal = IPV6_HOSTS.get(host);
   if (normal !== undefined) return normal;
   const zone = host.indexOf("%");
@@ -1189,23 +1179,17 @@ export type Counts = AddressCounts;
 
 /** The dotted IPv4 text as a 32-bit number, or -1 if it is not one (in its one canonical form). */
 function ipv4Number(text: string): number {
+  if (dottedQuadEnd(text) !== text.length) return -1;
   let number = 0;
-  let part = 0;
-  let digits = 0;
-  let dots = 0;
+  let octet = 0;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (c === 46 /* . */) {
-      if (digits === 0 || dots === 3) return -1;
-      number = number * 256 + part;
-      part = digits = 0;
-      dots++;
-    } else if (c >= 48 && c <= 57 && !(digits === 1 && part === 0)) {
-      part = part * 10 + c - 48;
-      if (++digits > 3 || part > 255) return -1;
-    } else return -1;
+      number = number * 256 + octet;
+      octet = 0;
+    } else octet = octet * 10 + c - 48;
   }
-  return dots === 3 && digits > 0 ? number * 256 + part : -1;
+  return number * 256 + octet;
 }
 
 /** The dotted text of a 32-bit IPv4 number. */
@@ -1297,14 +1281,8 @@ export class AddressCounts {
   /** Adds `step` to the value of `address` (0 if it has none): one lookup instead of two. */
   add(address: string, step: number): void {
     const key = ipv4Number(address);
-    if (key !== -1) {
-      const slot = this.#slotOf(key);
-      if (slot >= 0) {
-        this.#values[this.#slots[slot] - 1] += step;
-        return;
-      }
-    }
-    this.set(address, (this.get(address) ?? 0) + step);
+    if (key !== -1) this.#setNumber(key, step, true);
+    else this.set(address, (this.get(address) ?? 0) + step);
   }
 
   /** Adds every value of `other` to this one's (`"add"`), or sets them (`"set"`), IPv4 addresses
@@ -1316,7 +1294,8 @@ export class AddressCounts {
       if (kind === IPV4) this.#setNumber(other.#keys[entry], value, how === "add");
       else if (kind === OTHER) {
         const text = other.#otherText.get(entry)!;
-        this.set(text, how === "add" ? (this.get(text) ?? 0) + value : value);
+        if (how === "add") this.add(text, value);
+        else this.set(text, value);
       }
     }
   }
@@ -5398,8 +5377,11 @@ async function scan(options: Options, deps: Deps): Promise<number> {
       );
       const listed = await Promise.all(needed.map((version) => listChain(deps.run, version)));
       needed.forEach((version, k) => states.set(version, listed[k]));
+      // What the chains drop already is not banned again.
       const banned = new Set(listed.flatMap((state) => [...state.bans]));
-      decisions = decide(tally.counts.atLeast(options.threshold), { ...options, ignore, banned });
+      decisions = offenders.map((d) =>
+        d.action === "banned" && banned.has(d.ip) ? { ...d, action: "already-banned" } : d
+      );
       const batches = [...states].map(([version, state]) => ({
         version,
         state,
