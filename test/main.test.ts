@@ -285,32 +285,35 @@ describe("main", () => {
     );
     h.done();
   });
-  test("a failed batch is undone in the other family: 69, nothing banned", async () => {
-    const h = harness();
-    h.firewall.fail[6] = true;
-    const log = writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 });
-    assert.equal(await main([log], h.deps), EXIT.unavailable);
-    assert.deepEqual(h.firewall.bans(4), []);
-    assert.equal(h.firewall.chains[4].has(CHAIN), false, "the chain it created is gone again");
-    assert.deepEqual(h.firewall.chains[4].get("INPUT"), []);
-    assert.match(
-      h.stderr(),
-      /ip6tables-restore -w --noflush failed: iptables-restore: line 3 failed; nothing was banned\n$/,
-    );
-    assert.match(h.stdout(), /would ban +203\.0\.113\.1/);
-    h.done();
-  });
-  test("a failed IPv4 batch undoes the IPv6 one that went in at the same time", async () => {
-    const h = harness();
-    h.firewall.fail[4] = true;
-    const log = writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 });
-    assert.equal(await main([log], h.deps), EXIT.unavailable);
-    assert.deepEqual(h.firewall.bans(6), []);
-    assert.equal(h.firewall.chains[6].has(CHAIN), false, "the chain it created is gone again");
-    assert.deepEqual(h.firewall.chains[6].get("INPUT"), []);
-    assert.match(h.stderr(), /iptables-restore -w --noflush failed: .*; nothing was banned\n$/);
-    h.done();
-  });
+  for (
+    const [failing, other, binary, banned] of [
+      [6, 4, "ip6tables-restore", /would ban +203\.0\.113\.1/],
+      [4, 6, "iptables-restore", /would ban +2001:db8::1/],
+    ] as const
+  ) {
+    test(`a failed IPv${failing} batch is undone in the other family: 69, nothing banned`, async () => {
+      const h = harness();
+      h.firewall.fail[failing] = true;
+      const log = writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 });
+      assert.equal(await main([log], h.deps), EXIT.unavailable);
+      assert.deepEqual(h.firewall.bans(other), []);
+      assert.equal(
+        h.firewall.chains[other].has(CHAIN),
+        false,
+        "the chain it created is gone again",
+      );
+      assert.deepEqual(h.firewall.chains[other].get("INPUT"), []);
+      assert.match(
+        h.stderr(),
+        new RegExp(
+          `(?:^|[/ ])${binary} -w --noflush failed: iptables-restore: line 3 failed; ` +
+            "nothing was banned\n$",
+        ),
+      );
+      assert.match(h.stdout(), banned);
+      h.done();
+    });
+  }
   test("the IPv4 and IPv6 batches run at the same time", async () => {
     const h = harness();
     let release = () => {};

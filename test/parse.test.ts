@@ -17,6 +17,11 @@ import {
 } from "../sipcheck.ts";
 import { fixture } from "./helpers.ts";
 
+/** A deterministic generator: `random(n)` is an integer from 0 to n - 1. */
+function seeded(seed: number): (n: number) => number {
+  return (n) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % n;
+}
+
 /** One annotated case: the log line and what must be counted for it. */
 interface Case {
   source: string;
@@ -204,8 +209,7 @@ describe("normaliseAddress", () => {
     assert.equal(canonicalIPv6("1:0:0:0:0:0:0:0"), "1::");
   });
   test("IPv4 with or without a port, in every form, on 50,000 generated texts", () => {
-    let seed = 5;
-    const random = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % n;
+    const random = seeded(5);
     const octets = ["0", "1", "9", "10", "99", "100", "199", "255", "256", "01", "001", "1000"];
     const octet = () => octets[random(octets.length)];
     const forms = ["bare", "sockaddr", "srcname"] as const;
@@ -255,8 +259,7 @@ describe("normaliseAddress", () => {
     ) assert.equal(ipv6Groups(bad), null, bad);
   });
   test("ipv6Groups accepts exactly what isIP accepts, and reads the groups the URL parser reads", () => {
-    let seed = 11;
-    const random = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % n;
+    const random = seeded(11);
     const pick = (list: readonly string[]) => list[random(list.length)];
     const hex = "0123456789abcdefABCDEF";
     const group = () =>
@@ -333,8 +336,7 @@ describe("parseCidr and isInAny", () => {
     assert.equal(parseCidr("1.2.3.4%eth0"), null, "IPv4 has no zone");
   });
   test("isInAny agrees with a BigInt prefix comparison on 20,000 generated cases", () => {
-    let seed = 17;
-    const random = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % n;
+    const random = seeded(17);
     const randomBits = (width: number) => {
       let bits = 0n;
       for (let i = 0; i < width; i += 16) bits = (bits << 16n) | BigInt(random(0x10000));
