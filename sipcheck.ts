@@ -322,20 +322,22 @@ function dottedQuadEnd(text: string): number {
 
 /** Recent IPv6 host texts and their normal form: attackers repeat their address thousands of
  * times, and IPv6 takes some work to normalise. Cleared when full, so memory stays bounded. */
-const IPV6_HOSTS = new Map<string, string | null>();
-const IPV6_HOSTS_MAX = 1024;
+/**
+ * The last IPv6 address {@link normaliseIPv6} wrote, with its groups: it is nearly always the
+ * next one counted, and {@link AddressCounts} then need not read it again. Its text is canonical
+ * by construction.
+ */
+const lastIPv6: { text: string | null; groups: number[] } = { text: null, groups: [] };
 
 /** An IPv6 host (no port, no brackets, maybe a zone) normalised, or null if it is not one. */
 function normaliseIPv6(host: string): string | null {
-  let normal = IPV6_HOSTS.get(host);
-  if (normal !== undefined) return normal;
   const zone = host.indexOf("%");
-  const address = zone === -1 ? host : host.slice(0, zone);
-  const groups = ipv6Groups(address);
-  normal = groups === null ? null : ipv6Text(groups);
-  if (IPV6_HOSTS.size >= IPV6_HOSTS_MAX) IPV6_HOSTS.clear();
-  IPV6_HOSTS.set(detach(host), normal);
-  return normal;
+  const groups = ipv6Groups(zone === -1 ? host : host.slice(0, zone));
+  if (groups === null) return null;
+  const text = ipv6Text(groups);
+  lastIPv6.text = text;
+  lastIPv6.groups = groups;
+  return text;
 }
 
 function hexDigitValue(c: number): number {
@@ -400,24 +402,42 @@ export function canonicalIPv6(text: string): string {
 
 /** RFC 5952 text of eight groups (see {@link canonicalIPv6}). */
 function ipv6Text(g: readonly number[]): string {
-  if (g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff) {
-    return `${g[6] >> 8}.${g[6] & 255}.${g[7] >> 8}.${g[7] & 255}`;
-  }
-  let bestStart = -1;
-  let bestLength = 1;
-  for (let i = 0; i < 8;) {
-    if (g[i] !== 0) {
-      i++;
+  if (isMappedIPv4(g)) return `${g[6] >> 8}.${g[6] & 255}.${g[7] >> 8}.${g[7] & 255}`;
+  const gap = longestZeroRun(g);
+  let text = "";
+  for (let k = 0; k < 8; k++) {
+    if (k === gap.start) {
+      text += "::";
+      k += gap.length - 1;
       continue;
     }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLength) [bestStart, bestLength] = [i, j - i];
-    i = j;
+    if (k > 0 && k !== gap.start + gap.length) text += ":";
+    text += g[k].toString(16);
   }
-  const hex = g.map((group) => group.toString(16));
-  if (bestStart === -1) return hex.join(":");
-  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
+  return text;
+}
+
+/** True for the groups of an IPv4-mapped address (`::ffff:a.b.c.d`). */
+function isMappedIPv4(g: readonly number[]): boolean {
+  return g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff;
+}
+
+/** The first longest run of two or more zero groups, which RFC 5952 writes as `::` (start -1
+ * for none). */
+function longestZeroRun(g: readonly number[]): { start: number; length: number } {
+  let start = -1;
+  let length = 1;
+  for (let k = 0; k < 8;) {
+    if (g[k] !== 0) {
+      k++;
+      continue;
+    }
+    let j = k;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - k > length) [start, length] = [k, j - k];
+    k = j;
+  }
+  return { start, length };
 }
 
 /** An address as 32-bit words (one for IPv4, four for IPv6), or null if it is not one. */
@@ -1197,59 +1217,158 @@ function ipv4Text(number: number): string {
   return `${number >>> 24}.${(number >>> 16) & 255}.${(number >>> 8) & 255}.${number & 255}`;
 }
 
-/** What {@link AddressCounts.snapshot} gives, to send to another thread. */
+/** What {@link AddressCounts.snapshot} gives, to send to another thread (its arrays can be
+ * transferred, and {@link AddressCounts.from} adopts them). */
 export interface CountsSnapshot {
   keys: Uint32Array;
   values: Float64Array;
   kinds: Uint8Array;
+  words: Uint32Array;
   others: [number, string][];
 }
 
 const IPV4 = 0;
-const OTHER = 1;
-const DELETED = 2;
+const IPV6 = 1;
+const OTHER = 2;
+const DELETED = 3;
+
+/** The multiplier of Fibonacci hashing (2^32 / golden ratio); the top bits of a product are
+ * taken, since its low bits depend only on the key's low bits. */
+const GOLDEN = 0x9e3779b1;
+
+/**
+ * True when `text`, whose groups are `g` (see {@link ipv6Groups}), is written exactly as
+ * {@link ipv6Text} writes those groups; compared in place, since it runs on every IPv6 count.
+ */
+function isCanonicalIPv6(text: string, g: readonly number[]): boolean {
+  if (isMappedIPv4(g)) return false; // written as IPv4
+  const gap = longestZeroRun(g);
+  let i = 0;
+  for (let k = 0; k < 8; k++) {
+    if (k === gap.start) {
+      if (text.charCodeAt(i) !== 58 || text.charCodeAt(i + 1) !== 58) return false;
+      i += 2;
+      k += gap.length - 1;
+      continue;
+    }
+    if (k > 0 && k !== gap.start + gap.length) {
+      if (text.charCodeAt(i) !== 58 /* : */) return false;
+      i++;
+    }
+    const value = g[k];
+    const digits = value < 16 ? 1 : value < 256 ? 2 : value < 4096 ? 3 : 4;
+    for (let shift = 4 * (digits - 1); shift >= 0; shift -= 4) {
+      if (text.charCodeAt(i++) !== LOWER_HEX.charCodeAt((value >> shift) & 15)) return false;
+    }
+  }
+  return i === text.length;
+}
+
+const LOWER_HEX = "0123456789abcdef";
 
 /**
  * Numbers per address in little memory, since a million attacking addresses must not take a
- * gigabyte: IPv4 addresses (most of them) live as 32-bit numbers in typed arrays, about 30 bytes
- * an address (dense entries in first-seen order, and an open-addressing hash table over them);
- * IPv6 addresses in a Map. It behaves like a `Map<string, number>` in the ways sipcheck uses
- * one, iterating in first-seen order.
+ * gigabyte: addresses in canonical form live as numbers in typed arrays (IPv4 one 32-bit word,
+ * IPv6 four), about 30 bytes an address plus 16 for IPv6 (dense entries in first-seen order,
+ * and an open-addressing hash table over them); any other text in a Map. It behaves like a
+ * `Map<string, number>` in the ways sipcheck uses one, iterating in first-seen order.
  */
 export class AddressCounts {
-  #keys = new Uint32Array(256); // IPv4 number of each entry
-  #values = new Float64Array(256);
-  #kinds = new Uint8Array(256); // IPV4, OTHER or DELETED
+  #keys: Uint32Array = new Uint32Array(256); // IPv4: the address; IPv6: its number in #words
+  #values: Float64Array = new Float64Array(256);
+  #kinds: Uint8Array = new Uint8Array(256); // IPV4, IPV6, OTHER or DELETED
   #used = 0; // entries handed out
   #live = 0; // entries not deleted
-  #others = new Map<string, number>(); // non-IPv4 text → entry
-  #otherText = new Map<number, string>(); // entry → non-IPv4 text
+  #words: Uint32Array = new Uint32Array(256); // IPv6 addresses, four 32-bit words each
+  #sixes = 0; // IPv6 addresses in #words
+  #others = new Map<string, number>(); // other text → entry
+  #otherText = new Map<number, string>(); // entry → other text
   #slots = new Int32Array(512); // entry + 1, 0 for empty, -1 for a deleted one
+  #shift = 23; // 32 − log2(#slots.length)
   #filled = 0; // slots not empty
+  // The address being looked up (see #read): its kind and words.
+  #kind = OTHER;
+  #w0 = 0;
+  #w1 = 0;
+  #w2 = 0;
+  #w3 = 0;
 
-  /** Entries (IPv4 or not) that are not deleted. */
+  /** Entries (of any kind) that are not deleted. */
   get size(): number {
     return this.#live;
   }
 
-  /** The slot holding IPv4 `key`, or where it would go (-1 - slot). */
-  #slotOf(key: number): number {
+  /** Reads `address` as the one being looked up; false when it is in neither canonical form. */
+  #read(address: string): boolean {
+    const ipv4 = ipv4Number(address);
+    if (ipv4 !== -1) {
+      this.#kind = IPV4;
+      this.#w0 = ipv4;
+      return true;
+    }
+    const g = address === lastIPv6.text ? lastIPv6.groups : ipv6Groups(address);
+    if (g === null || (g !== lastIPv6.groups && !isCanonicalIPv6(address, g))) {
+      this.#kind = OTHER;
+      return false;
+    }
+    this.#kind = IPV6;
+    this.#w0 = ((g[0] << 16) | g[1]) >>> 0;
+    this.#w1 = ((g[2] << 16) | g[3]) >>> 0;
+    this.#w2 = ((g[4] << 16) | g[5]) >>> 0;
+    this.#w3 = ((g[6] << 16) | g[7]) >>> 0;
+    return true;
+  }
+
+  /** Makes entry `entry` (IPv4 or IPv6) the one being looked up. */
+  #load(entry: number): void {
+    this.#loadFrom(this.#kinds[entry], this.#keys[entry], this.#words);
+  }
+
+  #loadFrom(kind: number, key: number, words: Uint32Array): void {
+    this.#kind = kind;
+    if (kind === IPV4) this.#w0 = key;
+    else {
+      this.#w0 = words[key * 4];
+      this.#w1 = words[key * 4 + 1];
+      this.#w2 = words[key * 4 + 2];
+      this.#w3 = words[key * 4 + 3];
+    }
+  }
+
+  /** The slot holding the address being looked up, or where it would go (−1 − slot). */
+  #slotOf(): number {
+    let hash = Math.imul(this.#w0, GOLDEN);
+    if (this.#kind === IPV6) {
+      hash = Math.imul(hash ^ this.#w1, GOLDEN);
+      hash = Math.imul(hash ^ this.#w2, GOLDEN);
+      hash = Math.imul(hash ^ this.#w3, GOLDEN);
+    }
     const mask = this.#slots.length - 1;
     let free = -1;
-    for (let slot = Math.imul(key, 0x9e3779b1) >>> 0 & mask;; slot = (slot + 1) & mask) {
+    for (let slot = hash >>> this.#shift;; slot = (slot + 1) & mask) {
       const entry = this.#slots[slot];
       if (entry === 0) return -1 - (free === -1 ? slot : free);
       if (entry === -1) {
         if (free === -1) free = slot;
-      } else if (this.#keys[entry - 1] === key) return slot;
+      } else if (this.#isLookedUp(entry - 1)) return slot;
     }
+  }
+
+  /** True when entry `entry` holds the address being looked up. */
+  #isLookedUp(entry: number): boolean {
+    const kind = this.#kinds[entry];
+    if (kind !== this.#kind) return false;
+    if (kind === IPV4) return this.#keys[entry] === this.#w0;
+    const at = this.#keys[entry] * 4;
+    const words = this.#words;
+    return words[at] === this.#w0 && words[at + 1] === this.#w1 && words[at + 2] === this.#w2 &&
+      words[at + 3] === this.#w3;
   }
 
   /** The entry of `address`, or -1. */
   #entryOf(address: string): number {
-    const key = ipv4Number(address);
-    if (key === -1) return this.#others.get(address) ?? -1;
-    const slot = this.#slotOf(key);
+    if (!this.#read(address)) return this.#others.get(address) ?? -1;
+    const slot = this.#slotOf();
     return slot < 0 ? -1 : this.#slots[slot] - 1;
   }
 
@@ -1263,71 +1382,65 @@ export class AddressCounts {
   }
 
   set(address: string, value: number): this {
-    const key = ipv4Number(address);
-    if (key === -1) {
-      const entry = this.#others.get(address);
-      if (entry !== undefined) this.#values[entry] = value;
-      else {
-        const added = this.#add(OTHER, 0, value);
-        this.#others.set(address, added);
-        this.#otherText.set(added, address);
-      }
-      return this;
-    }
-    this.#setNumber(key, value, false);
+    this.#put(address, value, false);
     return this;
   }
 
   /** Adds `step` to the value of `address` (0 if it has none): one lookup instead of two. */
   add(address: string, step: number): void {
-    const key = ipv4Number(address);
-    if (key !== -1) this.#setNumber(key, step, true);
-    else this.set(address, (this.get(address) ?? 0) + step);
+    this.#put(address, step, true);
   }
 
-  /** Adds every value of `other` to this one's (`"add"`), or sets them (`"set"`), IPv4 addresses
-   * by number: joining two tallies of a million addresses makes no strings for them. */
+  #put(address: string, value: number, add: boolean): void {
+    if (this.#read(address)) return this.#putLookedUp(value, add);
+    const entry = this.#others.get(address);
+    if (entry !== undefined) this.#values[entry] = add ? this.#values[entry] + value : value;
+    else {
+      const added = this.#append(value);
+      this.#others.set(address, added);
+      this.#otherText.set(added, address);
+    }
+  }
+
+  /** Sets (or adds to) the value of the address being looked up. */
+  #putLookedUp(value: number, add: boolean): void {
+    let slot = this.#slotOf();
+    if (slot >= 0) {
+      const entry = this.#slots[slot] - 1;
+      this.#values[entry] = add ? this.#values[entry] + value : value;
+      return;
+    }
+    if ((this.#filled + 1) * 4 > this.#slots.length * 3) {
+      this.#rehash();
+      slot = this.#slotOf();
+    }
+    slot = -1 - slot;
+    if (this.#slots[slot] === 0) this.#filled++;
+    this.#slots[slot] = this.#append(value) + 1;
+  }
+
+  /** Adds every value of `other` to this one's (`"add"`), or sets them (`"set"`), by number:
+   * joining two tallies of a million addresses makes no strings for them. */
   merge(other: AddressCounts, how: "add" | "set"): void {
     for (let entry = 0; entry < other.#used; entry++) {
       const kind = other.#kinds[entry];
       const value = other.#values[entry];
-      if (kind === IPV4) this.#setNumber(other.#keys[entry], value, how === "add");
-      else if (kind === OTHER) {
-        const text = other.#otherText.get(entry)!;
-        if (how === "add") this.add(text, value);
-        else this.set(text, value);
-      }
+      if (kind === IPV4 || kind === IPV6) {
+        this.#loadFrom(kind, other.#keys[entry], other.#words);
+        this.#putLookedUp(value, how === "add");
+      } else if (kind === OTHER) this.#put(other.#otherText.get(entry)!, value, how === "add");
     }
-  }
-
-  /** Sets (or adds to) the value of the IPv4 address numbered `key`. */
-  #setNumber(key: number, value: number, add: boolean): void {
-    let slot = this.#slotOf(key);
-    if (slot >= 0) {
-      this.#values[this.#slots[slot] - 1] = add
-        ? this.#values[this.#slots[slot] - 1] + value
-        : value;
-      return;
-    }
-    if ((this.#filled + 1) * 2 > this.#slots.length) {
-      this.#rehash();
-      slot = this.#slotOf(key);
-    }
-    slot = -1 - slot;
-    if (this.#slots[slot] === 0) this.#filled++;
-    this.#slots[slot] = this.#add(IPV4, key, value) + 1;
   }
 
   delete(address: string): boolean {
-    const key = ipv4Number(address);
     let entry: number;
-    if (key === -1) {
+    if (!this.#read(address)) {
       entry = this.#others.get(address) ?? -1;
       if (entry === -1) return false;
       this.#others.delete(address);
       this.#otherText.delete(entry);
     } else {
-      const slot = this.#slotOf(key);
+      const slot = this.#slotOf();
       if (slot < 0) return false;
       entry = this.#slots[slot] - 1;
       this.#slots[slot] = -1;
@@ -1342,10 +1455,29 @@ export class AddressCounts {
     this.#compactTo([]);
   }
 
-  /** Adds an entry at the end; returns its number. */
-  #add(kind: number, key: number, value: number): number {
-    if (this.#used === this.#keys.length) this.#grow(this.#keys.length * 2);
+  /** Adds an entry for the address being looked up (its text, if OTHER, is the caller's to
+   * keep); returns its number. */
+  #append(value: number): number {
+    if (this.#used === this.#keys.length) this.#grow();
     const entry = this.#used++;
+    const kind = this.#kind;
+    let key = 0;
+    if (kind === IPV4) key = this.#w0;
+    else if (kind === IPV6) {
+      if (this.#sixes * 4 === this.#words.length) {
+        const words = new Uint32Array(Math.max(256, this.#words.length * 2));
+        words.set(this.#words);
+        this.#words = words;
+      }
+      const at = this.#sixes * 4;
+      [this.#words[at], this.#words[at + 1], this.#words[at + 2], this.#words[at + 3]] = [
+        this.#w0,
+        this.#w1,
+        this.#w2,
+        this.#w3,
+      ];
+      key = this.#sixes++;
+    }
     this.#keys[entry] = key;
     this.#values[entry] = value;
     this.#kinds[entry] = kind;
@@ -1353,7 +1485,8 @@ export class AddressCounts {
     return entry;
   }
 
-  #grow(capacity: number): void {
+  #grow(): void {
+    const capacity = Math.max(256, this.#used * 2);
     const keys = new Uint32Array(capacity);
     const values = new Float64Array(capacity);
     const kinds = new Uint8Array(capacity);
@@ -1363,17 +1496,23 @@ export class AddressCounts {
     [this.#keys, this.#values, this.#kinds] = [keys, values, kinds];
   }
 
-  /** A table twice the live IPv4 entries or more, without deleted slots. */
+  /** A table of at least twice the live entries, without deleted slots (the address being
+   * looked up is kept). */
   #rehash(): void {
+    const [kind, w0, w1, w2, w3] = [this.#kind, this.#w0, this.#w1, this.#w2, this.#w3];
     let size = 512;
-    while (size < (this.#live + 1) * 4) size *= 2;
+    while (size < (this.#live + 1) * 2) size *= 2;
     this.#slots = new Int32Array(size);
+    this.#shift = 32 - Math.log2(size);
     this.#filled = 0;
     for (let entry = 0; entry < this.#used; entry++) {
-      if (this.#kinds[entry] !== IPV4) continue;
-      this.#slots[-1 - this.#slotOf(this.#keys[entry])] = entry + 1;
+      const entryKind = this.#kinds[entry];
+      if (entryKind !== IPV4 && entryKind !== IPV6) continue;
+      this.#load(entry);
+      this.#slots[-1 - this.#slotOf()] = entry + 1;
       this.#filled++;
     }
+    [this.#kind, this.#w0, this.#w1, this.#w2, this.#w3] = [kind, w0, w1, w2, w3];
   }
 
   /** Drops deleted entries, keeping the order of the others. */
@@ -1386,19 +1525,32 @@ export class AddressCounts {
     this.#values = new Float64Array(this.#keys.length);
     this.#kinds = new Uint8Array(this.#keys.length);
     this.#used = this.#live = 0;
+    this.#words = new Uint32Array(256);
+    this.#sixes = 0;
     this.#others.clear();
     this.#otherText.clear();
     this.#slots = new Int32Array(512);
+    this.#shift = 23;
     this.#filled = 0;
     for (const [address, value] of entries) this.set(address, value);
   }
 
+  /** The text of entry `entry` (not deleted). */
+  #textOf(entry: number): string {
+    const kind = this.#kinds[entry];
+    const key = this.#keys[entry];
+    if (kind === IPV4) return ipv4Text(key);
+    if (kind === OTHER) return this.#otherText.get(entry)!;
+    const groups: number[] = [];
+    for (const word of this.#words.subarray(key * 4, key * 4 + 4)) {
+      groups.push(word >>> 16, word & 0xffff);
+    }
+    return ipv6Text(groups);
+  }
+
   *entries(): IterableIterator<[string, number]> {
     for (let entry = 0; entry < this.#used; entry++) {
-      const kind = this.#kinds[entry];
-      if (kind === DELETED) continue;
-      const text = kind === IPV4 ? ipv4Text(this.#keys[entry]) : this.#otherText.get(entry)!;
-      yield [text, this.#values[entry]];
+      if (this.#kinds[entry] !== DELETED) yield [this.#textOf(entry), this.#values[entry]];
     }
   }
 
@@ -1419,10 +1571,8 @@ export class AddressCounts {
   /** The entries whose value is at least `least`, in first-seen order; only their texts are made. */
   *atLeast(least: number): IterableIterator<[string, number]> {
     for (let entry = 0; entry < this.#used; entry++) {
-      const kind = this.#kinds[entry];
-      if (kind === DELETED || !(this.#values[entry] >= least)) continue;
-      const text = kind === IPV4 ? ipv4Text(this.#keys[entry]) : this.#otherText.get(entry)!;
-      yield [text, this.#values[entry]];
+      if (this.#kinds[entry] === DELETED || !(this.#values[entry] >= least)) continue;
+      yield [this.#textOf(entry), this.#values[entry]];
     }
   }
 
@@ -1436,10 +1586,8 @@ export class AddressCounts {
     const values = this.#values;
     live.sort((a, b) => values[b] - values[a] || a - b);
     for (const entry of live) {
-      const kind = this.#kinds[entry];
-      if (kind === DELETED) continue; // deleted meanwhile
-      const text = kind === IPV4 ? ipv4Text(this.#keys[entry]) : this.#otherText.get(entry)!;
-      yield [text, values[entry]];
+      if (this.#kinds[entry] === DELETED) continue; // deleted meanwhile
+      yield [this.#textOf(entry), values[entry]];
     }
   }
 
@@ -1449,20 +1597,26 @@ export class AddressCounts {
       keys: this.#keys.slice(0, this.#used),
       values: this.#values.slice(0, this.#used),
       kinds: this.#kinds.slice(0, this.#used),
+      words: this.#words.slice(0, this.#sixes * 4),
       others: [...this.#otherText],
     };
   }
 
-  /** Counts from a {@link snapshot}. */
+  /** Counts from a {@link snapshot}, whose arrays it takes over (only the hash table is new). */
   static from(snapshot: CountsSnapshot): AddressCounts {
     const counts = new AddressCounts();
-    const others = new Map(snapshot.others);
-    for (let entry = 0; entry < snapshot.kinds.length; entry++) {
-      const kind = snapshot.kinds[entry];
-      const value = snapshot.values[entry];
-      if (kind === IPV4) counts.#setNumber(snapshot.keys[entry], value, false);
-      else if (kind === OTHER) counts.set(others.get(entry)!, value);
+    counts.#keys = snapshot.keys;
+    counts.#values = snapshot.values;
+    counts.#kinds = snapshot.kinds;
+    counts.#words = snapshot.words;
+    counts.#used = snapshot.kinds.length;
+    counts.#sixes = snapshot.words.length / 4;
+    counts.#live = snapshot.kinds.reduce((live, kind) => kind === DELETED ? live : live + 1, 0);
+    for (const [entry, text] of snapshot.others) {
+      counts.#otherText.set(entry, text);
+      counts.#others.set(text, entry);
     }
+    counts.#rehash();
     return counts;
   }
 }
@@ -5525,7 +5679,7 @@ if (!isMainThread && workerData?.sipcheckPart) {
   const counts = tally.counts.snapshot();
   const lastTries = tally.lastTries.snapshot();
   const result: PartResult = { tally: { ...tally, counts, lastTries }, firstTries };
-  const buffers = [counts, lastTries].flatMap((c) => [c.keys, c.values, c.kinds])
+  const buffers = [counts, lastTries].flatMap((c) => [c.keys, c.values, c.kinds, c.words])
     .map((array) => array.buffer as ArrayBuffer);
   parentPort?.postMessage(result, buffers);
 } else if (import.meta.main) process.exitCode = await main(process.argv.slice(2));

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { isIP } from "node:net";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -12,6 +13,7 @@ import { isDeepStrictEqual } from "node:util";
 import {
   addFailure,
   AddressCounts,
+  canonicalIPv6,
   createScanner,
   joinTally,
   MAX_LINE,
@@ -347,6 +349,8 @@ describe("AddressCounts (a Map of addresses in little memory)", () => {
       "01.2.3.4",
       "1.2.3.4",
       "x",
+      "",
+      "::",
     ];
     let seed = 7;
     for (let step = 0; step < 20000; step++) {
@@ -386,6 +390,53 @@ describe("AddressCounts (a Map of addresses in little memory)", () => {
     counts.clear();
     assert.equal(counts.size, 0);
     assert.deepEqual([...counts], []);
+  });
+  test("IPv6 in every written form: only the canonical one is stored as numbers, each text is its own key", () => {
+    // The same few addresses written canonically and not (upper case, leading zeros, `::` in the
+    // wrong run or for one group, no `::`, IPv4-mapped): a Map keeps every text apart and gives
+    // each back as written, so the counts must too.
+    let seed = 3;
+    const random = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % n;
+    const groupsOf = () =>
+      Array.from({ length: 8 }, () => [0, 0, 0, 1, 0xdb8, 0xffff, 0xabc, 0x10][random(8)]);
+    const write = (g: number[]) => {
+      let hex = g.map((v) => v.toString(16));
+      if (random(4) === 0) hex = hex.map((h) => h.toUpperCase());
+      if (random(4) === 0) hex = hex.map((h) => h.padStart(1 + random(4), "0"));
+      if (random(3) === 0) return hex.join(":");
+      const zeroAt = g.findIndex((v, k) => v === 0 && k >= random(8));
+      if (zeroAt === -1) return hex.join(":");
+      let end = zeroAt;
+      while (end < 8 && g[end] === 0 && random(4) !== 0) end++;
+      if (end === zeroAt) end++;
+      return `${hex.slice(0, zeroAt).join(":")}::${hex.slice(end).join(":")}`;
+    };
+    const counts = new AddressCounts();
+    const model = new Map<string, number>();
+    let canonical = 0;
+    for (let step = 0; step < 20000; step++) {
+      const groups = groupsOf();
+      const text = random(10) === 0
+        ? `::ffff:${random(256)}.2.3.4`
+        : random(10) === 0
+        ? `${groups.slice(0, 6).map((v) => v.toString(16)).join(":")}:1.2.3.4`
+        : write(groups);
+      if (isIP(text) !== 6) continue;
+      if (canonicalIPv6(text) === text) canonical++;
+      const value = (model.get(text) ?? 0) + 1 + random(3);
+      if (random(2)) counts.set(text, value);
+      else counts.add(text, value - (model.get(text) ?? 0));
+      model.set(text, value);
+      if (random(50) === 0) assert.equal(counts.delete(text), model.delete(text));
+    }
+    assert.ok(canonical > 1000 && canonical < 15000, `${canonical} canonical of 20000`);
+    assert.deepEqual([...counts], [...model]);
+    for (const [text, value] of model) assert.equal(counts.get(text), value, text);
+    assert.deepEqual([...AddressCounts.from(counts.snapshot())], [...model], "through a snapshot");
+    const merged = new AddressCounts();
+    merged.merge(counts, "add");
+    merged.merge(counts, "add");
+    assert.deepEqual([...merged], [...model].map(([text, value]) => [text, 2 * value]), "merged");
   });
   test("a million IPv4 addresses", () => {
     const counts = new AddressCounts();
