@@ -215,6 +215,27 @@ describe("reports", () => {
       { ip: "203.0.113.2", failures: 1, action: "below-threshold" },
     ]);
   });
+  test("JSON of many addresses comes in pieces that join into one object", () => {
+    const many = newTally();
+    for (let i = 0; i < 5000; i++) many.counts.set(`10.0.${i >> 8}.${i & 255}`, 1 + (i % 7));
+    const decided = decide(many.counts, {
+      threshold: 6,
+      ignore: [parseCidr("10.0.0.0/24")!],
+      banned: new Set(["10.0.1.1"]),
+      dryRun: false,
+    });
+    const pieces = [...jsonReport(decided, many, summary)];
+    assert.ok(pieces.length > 1, `${pieces.length} pieces`);
+    const report = JSON.parse(pieces.join(""));
+    const actions = new Map(decided.map((d) => [d.ip, d.action]));
+    assert.equal(report.addresses.length, 5000);
+    for (const { ip, failures, action } of report.addresses) {
+      assert.equal(failures, many.counts.get(ip), ip);
+      assert.equal(action, actions.get(ip) ?? "below-threshold", ip);
+    }
+    assert.ok(decided.some((d) => d.action === "ignored"));
+    assert.ok(decided.some((d) => d.action === "already-banned"));
+  });
   test("JSON with no failures is still one object", () => {
     const report = JSON.parse([...jsonReport([], newTally(), summary)].join(""));
     assert.deepEqual(report.addresses, []);

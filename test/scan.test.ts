@@ -375,6 +375,8 @@ describe("AddressCounts (a Map of addresses in little memory)", () => {
     assert.deepEqual([...counts], [...model]);
     assert.deepEqual([...AddressCounts.from(counts.snapshot())], [...model], "through a snapshot");
     assert.deepEqual([...counts.atLeast(20)], [...model].filter(([, value]) => value >= 20));
+    const byValue = [...model].sort(([, a], [, b]) => b - a); // stable: first seen first
+    assert.deepEqual([...counts.byValue()], byValue, "by value");
     const other = new AddressCounts().set("1.2.3.4", 5).set("2001:db8::1", 7).set("x", 1);
     const sum = new Map(model);
     for (const [address, value] of other) sum.set(address, (sum.get(address) ?? 0) + value);
