@@ -1620,6 +1620,20 @@ export class AddressCounts {
     };
   }
 
+  /** The contents, handed over without a copy (to send to another thread): these counts are
+   * empty afterwards. */
+  handOver(): CountsSnapshot {
+    const contents = {
+      keys: this.#keys.subarray(0, this.#used),
+      values: this.#values.subarray(0, this.#used),
+      kinds: this.#kinds.subarray(0, this.#used),
+      words: this.#words.subarray(0, this.#sixes * 4),
+      others: [...this.#otherText],
+    };
+    this.clear();
+    return contents;
+  }
+
   /** Counts from a {@link snapshot}, whose arrays it takes over (only the hash table is new). */
   static from(snapshot: CountsSnapshot): AddressCounts {
     const counts = new AddressCounts();
@@ -5702,8 +5716,8 @@ if (!isMainThread && workerData?.sipcheckPart) {
   const tally = newTally();
   const firstTries = new Map<string, FirstTries>();
   scanPart(workerData.sipcheckPart as PartJob, tally, firstTries);
-  const counts = tally.counts.snapshot();
-  const lastTries = tally.lastTries.snapshot();
+  const counts = tally.counts.handOver();
+  const lastTries = tally.lastTries.handOver();
   const result: PartResult = { tally: { ...tally, counts, lastTries }, firstTries };
   const buffers = [counts, lastTries].flatMap((c) => [c.keys, c.values, c.kinds, c.words])
     .map((array) => array.buffer as ArrayBuffer);

@@ -389,9 +389,15 @@ describe("AddressCounts (a Map of addresses in little memory)", () => {
       counts.get("01.2.3.4") === counts.get("1.2.3.4"),
       model.get("01.2.3.4") === model.get("1.2.3.4"),
     );
-    counts.clear();
-    assert.equal(counts.size, 0);
-    assert.deepEqual([...counts], []);
+    const handed = AddressCounts.from(counts.handOver());
+    assert.deepEqual([...handed], [...model], "handed over");
+    assert.deepEqual([...counts], [], "nothing left after handing over");
+    handed.add("1.2.3.4", 1);
+    counts.add("1.2.3.4", 5);
+    assert.equal(handed.get("1.2.3.4"), (model.get("1.2.3.4") ?? 0) + 1, "no array shared");
+    handed.clear();
+    assert.equal(handed.size, 0);
+    assert.deepEqual([...handed], []);
   });
   test("IPv6 in every written form: only the canonical one is stored as numbers, each text is its own key", () => {
     // The same few addresses written canonically and not (upper case, leading zeros, `::` in the
