@@ -294,10 +294,15 @@ export function normaliseAddress(text: string, form: AddressForm): string | null
   return normaliseIPv6(host);
 }
 
+/** The address {@link dottedQuadEnd} last read, as a 32-bit number. */
+let quadNumber = 0;
+
 /** Where the IPv4 address in canonical dotted form (no leading zeros) that starts `text` ends,
- * or -1 if it does not start with one; what follows is for the caller to judge. */
+ * or -1 if it does not start with one; what follows is for the caller to judge. The address is
+ * left in {@link quadNumber}. */
 function dottedQuadEnd(text: string): number {
   let i = 0;
+  let number = 0;
   for (let octet = 0; octet < 4; octet++) {
     if (octet > 0) {
       if (text.charCodeAt(i) !== 46 /* . */) return -1;
@@ -315,13 +320,14 @@ function dottedQuadEnd(text: string): number {
       }
       if (value > 255) return -1;
     }
+    number = number * 256 + value;
   }
   const next = text.charCodeAt(i);
-  return next >= 48 && next <= 57 ? -1 : i;
+  if (next >= 48 && next <= 57) return -1;
+  quadNumber = number;
+  return i;
 }
 
-/** Recent IPv6 host texts and their normal form: attackers repeat their address thousands of
- * times, and IPv6 takes some work to normalise. Cleared when full, so memory stays bounded. */
 /**
  * The last IPv6 address {@link normaliseIPv6} wrote, with its groups: it is nearly always the
  * next one counted, and {@link AddressCounts} then need not read it again. Its text is canonical
@@ -1199,17 +1205,7 @@ export type Counts = AddressCounts;
 
 /** The dotted IPv4 text as a 32-bit number, or -1 if it is not one (in its one canonical form). */
 function ipv4Number(text: string): number {
-  if (dottedQuadEnd(text) !== text.length) return -1;
-  let number = 0;
-  let octet = 0;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 46 /* . */) {
-      number = number * 256 + octet;
-      octet = 0;
-    } else octet = octet * 10 + c - 48;
-  }
-  return number * 256 + octet;
+  return dottedQuadEnd(text) === text.length ? quadNumber : -1;
 }
 
 /** The dotted text of a 32-bit IPv4 number. */
