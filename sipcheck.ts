@@ -2024,10 +2024,19 @@ export function* jsonReport(
   tally: Tally,
   summary: ScanSummary,
 ): Generator<string> {
-  const actions = new Map(decisions.map((d) => [d.ip, d.action]));
-  // Below every decision's count nothing needs looking up (a Map lookup per address of a million
-  // made the old generation grow by 40 MB; the addresses come highest count first).
+  // The addresses come highest count first, first seen first, as `decide` orders its decisions:
+  // each decision is matched by its place, and a Map is built only if that ever fails. Below
+  // every decision's count nothing is looked up (a Map lookup per address of a million made the
+  // old generation grow by 40 MB).
   const lowest = decisions.reduce((least, d) => Math.min(least, d.failures), Infinity);
+  let next = 0;
+  let byIp: Map<string, Action> | undefined;
+  const actionOf = (ip: string, failures: number): Action => {
+    if (next < decisions.length && decisions[next].ip === ip) return decisions[next++].action;
+    if (failures < lowest) return "below-threshold";
+    byIp ??= new Map(decisions.map((d) => [d.ip, d.action]));
+    return byIp.get(ip) ?? "below-threshold";
+  };
   const head = {
     files: summary.files,
     lines: tally.lines,
@@ -2046,11 +2055,7 @@ export function* jsonReport(
   let piece = JSON.stringify(head).slice(0, -1) + ',"addresses":[';
   let first = true;
   for (const [ip, failures] of tally.counts.byValue()) {
-    const entry = {
-      ip,
-      failures,
-      action: (failures >= lowest && actions.get(ip)) || "below-threshold",
-    };
+    const entry = { ip, failures, action: actionOf(ip, failures) };
     piece += (first ? "\n" : ",\n") + JSON.stringify(entry);
     first = false;
     if (piece.length >= JSON_PIECE) {
@@ -2104,9 +2109,9 @@ export function banInput(state: ChainState, addresses: readonly string[]): strin
   const lines = ["*filter"];
   if (!state.exists) lines.push(`:${CHAIN} - [0:0]`);
   for (const address of addresses) {
-    const version = isIP(address);
-    if (version !== 4 && version !== 6) {
-      throw new Error(`not an IP address: ${JSON.stringify(address)}`);
+    const version = canonicalVersion(address);
+    if (version === 0) {
+      throw new Error(`not an IP address in canonical form: ${JSON.stringify(address)}`);
     }
     lines.push(`-A ${CHAIN} -s ${address}/${version === 4 ? 32 : 128} -j DROP`);
   }
@@ -2115,6 +2120,14 @@ export function banInput(state: ChainState, addresses: readonly string[]): strin
   }
   lines.push("COMMIT", "");
   return lines.join("\n");
+}
+
+/** 4 or 6 for an address written as sipcheck and `iptables -S` write them (see
+ * {@link normaliseAddress}), 0 for anything else. */
+function canonicalVersion(address: string): 0 | 4 | 6 {
+  if (ipv4Number(address) !== -1) return 4;
+  const groups = ipv6Groups(address);
+  return groups !== null && isCanonicalIPv6(address, groups) ? 6 : 0;
 }
 
 /** Input that undoes {@link banInput} for the same state and addresses. */

@@ -67,8 +67,17 @@ describe("restore input", () => {
     assert.match(banInput(state, ["203.0.113.6"]), /-I INPUT 1 -p tcp .*\nCOMMIT/);
     assert.doesNotMatch(banInput(state, ["203.0.113.6"]), /-p udp/);
   });
-  test("only IP addresses get into the input", () => {
-    for (const bad of ["203.0.113.5\n-F INPUT", "pbx.example", "", "1.2.3.4/8"]) {
+  test("only IP addresses in canonical form get into the input", () => {
+    for (
+      const bad of [
+        "203.0.113.5\n-F INPUT",
+        "pbx.example",
+        "",
+        "1.2.3.4/8",
+        "2001:DB8::1",
+        "fe80::1%eth0",
+      ]
+    ) {
       assert.throws(() => banInput(empty, [bad]), /not an IP address/);
     }
   });

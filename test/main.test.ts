@@ -235,6 +235,8 @@ describe("reports", () => {
     }
     assert.ok(decided.some((d) => d.action === "ignored"));
     assert.ok(decided.some((d) => d.action === "already-banned"));
+    const shuffled = [...decided.slice(7), ...decided.slice(0, 7).reverse()];
+    assert.equal([...jsonReport(shuffled, many, summary)].join(""), pieces.join(""), "any order");
   });
   test("JSON with no failures is still one object", () => {
     const report = JSON.parse([...jsonReport([], newTally(), summary)].join(""));
