@@ -2017,7 +2017,8 @@ const JSON_PIECE = 64 << 10;
 
 /**
  * The `--json` report, in pieces so that a million addresses never sit in one string: one object
- * with the totals and every address with at least one failure, highest count first.
+ * with the totals and every address with at least one failure, highest count first. `decisions`
+ * are as {@link decide} makes them from the same tally: one per address, with its count.
  */
 export function* jsonReport(
   decisions: readonly Decision[],
