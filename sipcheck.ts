@@ -277,8 +277,11 @@ export function normaliseAddress(text: string, form: AddressForm): string | null
   const quadEnd = dottedQuadEnd(text);
   if (quadEnd !== -1) {
     // IPv4 (no IPv6 text starts with a dotted quad): `a.b.c.d`, and `:port` where the form has one.
-    if (quadEnd === text.length) return form === "srcname" ? null : text;
-    return form !== "bare" && isPortSuffix(text, quadEnd) ? text.slice(0, quadEnd) : null;
+    let address: string | null = null;
+    if (quadEnd === text.length) address = form === "srcname" ? null : text;
+    else if (form !== "bare" && isPortSuffix(text, quadEnd)) address = text.slice(0, quadEnd);
+    if (address !== null) [lastAddress.text, lastAddress.ipv4] = [address, quadNumber];
+    return address;
   }
   let host = text;
   if (text.charCodeAt(0) === 91 /* [ */) {
@@ -329,11 +332,15 @@ function dottedQuadEnd(text: string): number {
 }
 
 /**
- * The last IPv6 address {@link normaliseIPv6} wrote, with its groups: it is nearly always the
- * next one counted, and {@link AddressCounts} then need not read it again. Its text is canonical
- * by construction.
+ * The last address {@link normaliseAddress} returned, as it read it: an IPv4 address as a
+ * number (else -1), an IPv6 one as groups. It is nearly always the next one counted, and
+ * {@link AddressCounts} then need not read it again. Its text is canonical by construction.
  */
-const lastIPv6: { text: string | null; groups: number[] } = { text: null, groups: [] };
+const lastAddress: { text: string | null; ipv4: number; groups: number[] } = {
+  text: null,
+  ipv4: -1,
+  groups: [],
+};
 
 /** An IPv6 host (no port, no brackets, maybe a zone) normalised, or null if it is not one. */
 function normaliseIPv6(host: string): string | null {
@@ -341,8 +348,9 @@ function normaliseIPv6(host: string): string | null {
   const groups = ipv6Groups(zone === -1 ? host : host.slice(0, zone));
   if (groups === null) return null;
   const text = ipv6Text(groups);
-  lastIPv6.text = text;
-  lastIPv6.groups = groups;
+  lastAddress.text = text;
+  lastAddress.ipv4 = isMappedIPv4(groups) ? ((groups[6] << 16) | groups[7]) >>> 0 : -1;
+  lastAddress.groups = groups;
   return text;
 }
 
@@ -1296,14 +1304,15 @@ export class AddressCounts {
 
   /** Reads `address` as the one being looked up; false when it is in neither canonical form. */
   #read(address: string): boolean {
-    const ipv4 = ipv4Number(address);
+    const remembered = address === lastAddress.text;
+    const ipv4 = remembered ? lastAddress.ipv4 : ipv4Number(address);
     if (ipv4 !== -1) {
       this.#kind = IPV4;
       this.#w0 = ipv4;
       return true;
     }
-    const g = address === lastIPv6.text ? lastIPv6.groups : ipv6Groups(address);
-    if (g === null || (g !== lastIPv6.groups && !isCanonicalIPv6(address, g))) {
+    const g = remembered ? lastAddress.groups : ipv6Groups(address);
+    if (g === null || (!remembered && !isCanonicalIPv6(address, g))) {
       this.#kind = OTHER;
       return false;
     }
