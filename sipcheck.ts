@@ -1236,9 +1236,24 @@ const IPV6 = 1;
 const OTHER = 2;
 const DELETED = 3;
 
-/** The multiplier of Fibonacci hashing (2^32 / golden ratio); the top bits of a product are
- * taken, since its low bits depend only on the key's low bits. */
+/** The multiplier of Fibonacci hashing: 2^32 divided by the golden ratio. */
 const GOLDEN = 0x9e3779b1;
+
+/**
+ * The hash of an address's 32-bit words (IPv4: `w0` alone), whose top bits pick its slot in
+ * {@link AddressCounts}: the top bits of a product depend on all of the key, its low bits only
+ * on the key's low bits, and addresses often differ only in their high bits (`a.b.0.0`: with the
+ * low bits, 65,536 of them took 11 s to count instead of 0.1 s).
+ */
+export function addressHash(ipv6: boolean, w0: number, w1: number, w2: number, w3: number): number {
+  let hash = Math.imul(w0, GOLDEN);
+  if (ipv6) {
+    hash = Math.imul(hash ^ w1, GOLDEN);
+    hash = Math.imul(hash ^ w2, GOLDEN);
+    hash = Math.imul(hash ^ w3, GOLDEN);
+  }
+  return hash >>> 0;
+}
 
 /**
  * True when `text`, whose groups are `g` (see {@link ipv6Groups}), is written exactly as
@@ -1342,12 +1357,7 @@ export class AddressCounts {
 
   /** The slot holding the address being looked up, or where it would go (−1 − slot). */
   #slotOf(): number {
-    let hash = Math.imul(this.#w0, GOLDEN);
-    if (this.#kind === IPV6) {
-      hash = Math.imul(hash ^ this.#w1, GOLDEN);
-      hash = Math.imul(hash ^ this.#w2, GOLDEN);
-      hash = Math.imul(hash ^ this.#w3, GOLDEN);
-    }
+    const hash = addressHash(this.#kind === IPV6, this.#w0, this.#w1, this.#w2, this.#w3);
     const mask = this.#slots.length - 1;
     let free = -1;
     for (let slot = hash >>> this.#shift;; slot = (slot + 1) & mask) {

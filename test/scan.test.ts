@@ -13,6 +13,7 @@ import { isDeepStrictEqual } from "node:util";
 import {
   addFailure,
   AddressCounts,
+  addressHash,
   canonicalIPv6,
   createScanner,
   joinTally,
@@ -445,6 +446,28 @@ describe("AddressCounts (a Map of addresses in little memory)", () => {
     merged.merge(counts, "add");
     merged.merge(counts, "add");
     assert.deepEqual([...merged], [...model].map(([text, value]) => [text, 2 * value]), "merged");
+  });
+  test("addresses that differ only in their high bits spread over the table", () => {
+    // Linear probing turns a hash that gathers keys into quadratic time; the slot is the top 17
+    // bits here (a table of 131,072 slots), as AddressCounts takes them.
+    const shift = 32 - 17;
+    const spread = (hashes: number[]) => new Set(hashes.map((hash) => hash >>> shift)).size;
+    const v4 = Array.from(
+      { length: 65536 },
+      (_, i) => addressHash(false, (i << 16) >>> 0, 0, 0, 0),
+    );
+    const v6 = Array.from(
+      { length: 65536 },
+      (_, i) => addressHash(true, 0x20010db8, 0, 0, (i << 16) >>> 0), // 2001:db8::xxxx:0
+    );
+    const v6Prefix = Array.from(
+      { length: 65536 },
+      (_, i) => addressHash(true, 0x20010db8, (i << 16) >>> 0, 0, 1), // 2001:db8:xxxx::1
+    );
+    // Random slots would give about 51,600 distinct ones of 65,536 keys.
+    for (const [name, hashes] of [["a.b.0.0", v4], ["…::x:0", v6], ["…:x::1", v6Prefix]] as const) {
+      assert.ok(spread(hashes) > 45000, `${name}: ${spread(hashes)} distinct slots`);
+    }
   });
   test("a million IPv4 addresses", () => {
     const counts = new AddressCounts();
