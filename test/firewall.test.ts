@@ -67,7 +67,7 @@ describe("restore input", () => {
     assert.match(banInput(state, ["203.0.113.6"]), /-I INPUT 1 -p tcp .*\nCOMMIT/);
     assert.doesNotMatch(banInput(state, ["203.0.113.6"]), /-p udp/);
   });
-  test("only IP addresses in canonical form get into the input", () => {
+  test("only IP addresses get into the input", () => {
     for (
       const bad of [
         "203.0.113.5\n-F INPUT",
