@@ -1257,7 +1257,7 @@ export function addressHash(ipv6: boolean, w0: number, w1: number, w2: number, w
 
 /**
  * True when `text`, whose groups are `g` (see {@link ipv6Groups}), is written exactly as
- * {@link ipv6Text} writes those groups; compared in place, since it runs on every IPv6 count.
+ * {@link ipv6Text} writes those groups; compared in place, without writing that text.
  */
 function isCanonicalIPv6(text: string, g: readonly number[]): boolean {
   if (isMappedIPv4(g)) return false; // written as IPv4
