@@ -280,7 +280,10 @@ export function normaliseAddress(text: string, form: AddressForm): string | null
     let address: string | null = null;
     if (quadEnd === text.length) address = form === "srcname" ? null : text;
     else if (form !== "bare" && isPortSuffix(text, quadEnd)) address = text.slice(0, quadEnd);
-    if (address !== null) [lastAddress.text, lastAddress.ipv4] = [address, quadNumber];
+    if (address !== null) {
+      lastAddress.text = address;
+      lastAddress.ipv4 = quadNumber;
+    }
     return address;
   }
   let host = text;
@@ -448,7 +451,10 @@ function longestZeroRun(g: readonly number[]): { start: number; length: number }
     }
     let j = k;
     while (j < 8 && g[j] === 0) j++;
-    if (j - k > length) [start, length] = [k, j - k];
+    if (j - k > length) {
+      start = k;
+      length = j - k;
+    }
     k = j;
   }
   return { start, length };
@@ -1339,11 +1345,7 @@ export class AddressCounts {
     return true;
   }
 
-  /** Makes entry `entry` (IPv4 or IPv6) the one being looked up. */
-  #load(entry: number): void {
-    this.#loadFrom(this.#kinds[entry], this.#keys[entry], this.#words);
-  }
-
+  /** Makes the IPv4 or IPv6 entry `key` of `kind` (words in `words`) the one being looked up. */
   #loadFrom(kind: number, key: number, words: Uint32Array): void {
     this.#kind = kind;
     if (kind === IPV4) this.#w0 = key;
@@ -1485,12 +1487,10 @@ export class AddressCounts {
         this.#words = words;
       }
       const at = this.#sixes * 4;
-      [this.#words[at], this.#words[at + 1], this.#words[at + 2], this.#words[at + 3]] = [
-        this.#w0,
-        this.#w1,
-        this.#w2,
-        this.#w3,
-      ];
+      this.#words[at] = this.#w0;
+      this.#words[at + 1] = this.#w1;
+      this.#words[at + 2] = this.#w2;
+      this.#words[at + 3] = this.#w3;
       key = this.#sixes++;
     }
     this.#keys[entry] = key;
@@ -1523,7 +1523,7 @@ export class AddressCounts {
     for (let entry = 0; entry < this.#used; entry++) {
       const entryKind = this.#kinds[entry];
       if (entryKind !== IPV4 && entryKind !== IPV6) continue;
-      this.#load(entry);
+      this.#loadFrom(entryKind, this.#keys[entry], this.#words);
       this.#slots[-1 - this.#slotOf()] = entry + 1;
       this.#filled++;
     }
@@ -1971,8 +1971,6 @@ export function decide(counts: Iterable<[string, number]>, options: DecideOption
   }
   return decisions.sort((a, b) => b.failures - a.failures);
 }
-
-/** Addresses in descending order of failures (first seen first among equals). */
 
 /** Totals printed with the report. */
 export interface ScanSummary {
