@@ -257,12 +257,12 @@ export interface Deps {
  */
 export type AddressForm = "bare" | "sockaddr" | "srcname";
 
-/** True if `text` from `from` on is `:` and one to five digits. */
-function isPortSuffix(text: string, from: number): boolean {
-  const digits = text.length - from - 1;
-  if (digits < 1 || digits > 5 || text.charCodeAt(from) !== 58 /* : */) return false;
-  for (let i = from + 1; i < text.length; i++) {
-    const c = text.charCodeAt(i);
+/** True if s[from, end) is `:` and one to five digits. */
+function isPortSuffix(s: string, from: number, end: number): boolean {
+  const digits = end - from - 1;
+  if (digits < 1 || digits > 5 || s.charCodeAt(from) !== 58 /* : */) return false;
+  for (let i = from + 1; i < end; i++) {
+    const c = s.charCodeAt(i);
     if (c < 48 || c > 57) return false;
   }
   return true;
@@ -274,53 +274,61 @@ function isPortSuffix(text: string, from: number): boolean {
  * address in the given form (a host name, `(null)`, garbage).
  */
 export function normaliseAddress(text: string, form: AddressForm): string | null {
-  const quadEnd = dottedQuadEnd(text);
+  return readAddress(text, 0, text.length, form);
+}
+
+/**
+ * {@link normaliseAddress} of s[start, end), read in place: the scanner calls it on the chunk of
+ * log it holds, so an address is copied out only once, and rewritten only when Asterisk did not
+ * print it in its normal form already. Leaves what it read in {@link lastAddress}.
+ */
+function readAddress(s: string, start: number, end: number, form: AddressForm): string | null {
+  const quadEnd = dottedQuadEnd(s, start, end);
   if (quadEnd !== -1) {
     // IPv4 (no IPv6 text starts with a dotted quad): `a.b.c.d`, and `:port` where the form has one.
-    let address: string | null = null;
-    if (quadEnd === text.length) address = form === "srcname" ? null : text;
-    else if (form !== "bare" && isPortSuffix(text, quadEnd)) address = text.slice(0, quadEnd);
-    if (address !== null) {
-      lastAddress.text = address;
-      lastAddress.ipv4 = quadNumber;
-    }
-    return address;
+    const valid = quadEnd === end
+      ? form !== "srcname"
+      : form !== "bare" && isPortSuffix(s, quadEnd, end);
+    return valid ? rememberIPv4(s.slice(start, quadEnd), quadNumber) : null;
   }
-  let host = text;
-  if (text.charCodeAt(0) === 91 /* [ */) {
-    const close = text.indexOf("]");
-    if (form === "bare" || close < 0 || !isPortSuffix(text, close + 1)) return null;
-    host = text.slice(1, close);
+  let hostEnd = end;
+  if (s.charCodeAt(start) === 91 /* [ */) {
+    const close = s.indexOf("]", start);
+    if (form === "bare" || close === -1 || close >= end || !isPortSuffix(s, close + 1, end)) {
+      return null;
+    }
+    start++;
+    hostEnd = close;
   } else if (form === "sockaddr") return null; // it brackets IPv6 (and always adds the port)
   else if (form === "srcname") {
-    const lastColon = text.lastIndexOf(":");
-    if (!isPortSuffix(text, lastColon)) return null;
-    host = text.slice(0, lastColon);
+    const lastColon = s.lastIndexOf(":", end - 1);
+    if (lastColon < start || !isPortSuffix(s, lastColon, end)) return null;
+    hostEnd = lastColon;
   }
-  return normaliseIPv6(host);
+  return readIPv6Host(s, start, hostEnd);
 }
 
 /** The address {@link dottedQuadEnd} last read, as a 32-bit number. */
 let quadNumber = 0;
 
-/** Where the IPv4 address in canonical dotted form (no leading zeros) that starts `text` ends,
- * or -1 if it does not start with one; what follows is for the caller to judge. The address is
- * left in {@link quadNumber}. */
-function dottedQuadEnd(text: string): number {
-  let i = 0;
+/** Where the IPv4 address in canonical dotted form (no leading zeros) that starts s[start, end)
+ * ends, or -1 if it does not start with one; what follows is for the caller to judge. The address
+ * is left in {@link quadNumber}. */
+function dottedQuadEnd(s: string, start: number, end: number): number {
+  let i = start;
   let number = 0;
   for (let octet = 0; octet < 4; octet++) {
     if (octet > 0) {
-      if (text.charCodeAt(i) !== 46 /* . */) return -1;
+      if (i >= end || s.charCodeAt(i) !== 46 /* . */) return -1;
       i++;
     }
-    const first = text.charCodeAt(i) - 48;
+    const first = i < end ? s.charCodeAt(i) - 48 : -1;
     if (!(first >= 0 && first <= 9)) return -1;
     let value = first;
     i++;
     if (first !== 0) {
-      for (let digits = 1; digits < 3; digits++, i++) {
-        const digit = text.charCodeAt(i) - 48;
+      for (let digits = 1; digits < 3 && i < end; digits++, i++) {
+        const digit = s.charCodeAt(i) - 48;
         if (!(digit >= 0 && digit <= 9)) break;
         value = value * 10 + digit;
       }
@@ -328,33 +336,77 @@ function dottedQuadEnd(text: string): number {
     }
     number = number * 256 + value;
   }
-  const next = text.charCodeAt(i);
+  const next = i < end ? s.charCodeAt(i) : -1;
   if (next >= 48 && next <= 57) return -1;
   quadNumber = number;
   return i;
 }
 
-/**
- * The last address {@link normaliseAddress} returned, as it read it: an IPv4 address as a
- * number (else -1), an IPv6 one as groups. It is nearly always the next one counted, and
- * {@link AddressCounts} then need not read it again. Its text is canonical by construction.
- */
-const lastAddress: { text: string | null; ipv4: number; groups: number[] } = {
-  text: null,
-  ipv4: -1,
-  groups: [],
-};
+/** The dotted IPv4 text as a 32-bit number, or -1 if it is not one (in its one canonical form). */
+function ipv4Number(text: string): number {
+  return dottedQuadEnd(text, 0, text.length) === text.length ? quadNumber : -1;
+}
 
-/** An IPv6 host (no port, no brackets, maybe a zone) normalised, or null if it is not one. */
-function normaliseIPv6(host: string): string | null {
-  const zone = host.indexOf("%");
-  const groups = ipv6Groups(zone === -1 ? host : host.slice(0, zone));
-  if (groups === null) return null;
-  const text = ipv6Text(groups);
+/** The dotted text of a 32-bit IPv4 number. */
+function ipv4Text(number: number): string {
+  return `${number >>> 24}.${(number >>> 16) & 255}.${(number >>> 8) & 255}.${number & 255}`;
+}
+
+/**
+ * The last address read in full, with the numbers it was read as: {@link AddressCounts} nearly
+ * always counts it next, and need not read it again. Its text is canonical by construction.
+ */
+const lastAddress = { text: null as string | null, ipv6: false, w0: 0, w1: 0, w2: 0, w3: 0 };
+
+function rememberIPv4(text: string, number: number): string {
   lastAddress.text = text;
-  lastAddress.ipv4 = isMappedIPv4(groups) ? ((groups[6] << 16) | groups[7]) >>> 0 : -1;
-  lastAddress.groups = groups;
+  lastAddress.ipv6 = false;
+  lastAddress.w0 = number;
   return text;
+}
+
+/** Remembers the IPv6 address in {@link IPV6_GROUPS}, written as `text`. */
+function rememberIPv6(text: string): string {
+  const g = IPV6_GROUPS;
+  lastAddress.text = text;
+  lastAddress.ipv6 = true;
+  lastAddress.w0 = ((g[0] << 16) | g[1]) >>> 0;
+  lastAddress.w1 = ((g[2] << 16) | g[3]) >>> 0;
+  lastAddress.w2 = ((g[4] << 16) | g[5]) >>> 0;
+  lastAddress.w3 = ((g[6] << 16) | g[7]) >>> 0;
+  return text;
+}
+
+/**
+ * Reads `text` into {@link lastAddress} if it is an address written exactly in its canonical
+ * form (as {@link normaliseAddress} writes it); false otherwise.
+ */
+function rememberCanonical(text: string): boolean {
+  if (text === lastAddress.text) return true;
+  const ipv4 = ipv4Number(text);
+  if (ipv4 !== -1) {
+    rememberIPv4(text, ipv4);
+    return true;
+  }
+  if (!readIPv6(text, 0, text.length) || !isCanonicalIPv6(text, 0, text.length)) return false;
+  rememberIPv6(text);
+  return true;
+}
+
+/** The IPv6 host (no port, no brackets, maybe a zone) at s[start, end) normalised, or null if
+ * it is not one. */
+function readIPv6Host(s: string, start: number, end: number): string | null {
+  const zone = s.indexOf("%", start);
+  if (zone !== -1 && zone < end) end = zone;
+  if (!readIPv6(s, start, end)) return null;
+  const g = IPV6_GROUPS;
+  if (isMappedIPv4(g)) {
+    const number = ((g[6] << 16) | g[7]) >>> 0;
+    // `::ffff:a.b.c.d`, as Asterisk prints it, ends in the normal text already.
+    const text = embeddedQuadAt !== -1 ? s.slice(embeddedQuadAt, end) : ipv4Text(number);
+    return rememberIPv4(text, number);
+  }
+  return rememberIPv6(isCanonicalIPv6(s, start, end) ? s.slice(start, end) : ipv6Text(g));
 }
 
 function hexDigitValue(c: number): number {
@@ -363,50 +415,70 @@ function hexDigitValue(c: number): number {
   return lower >= 97 && lower <= 102 ? lower - 87 : -1;
 }
 
+/** The eight groups {@link readIPv6} read last (scratch space: copy what is kept). */
+const IPV6_GROUPS: number[] = [0, 0, 0, 0, 0, 0, 0, 0];
+/** Where the dotted IPv4 address that ended the IPv6 text {@link readIPv6} read last starts, or
+ * -1 if it had none. */
+let embeddedQuadAt = -1;
+
 /**
- * The eight 16-bit groups of an IPv6 address written without a zone, or null if `text` is not
- * one. Accepts exactly what `isIP` accepts as IPv6 (a test compares them): groups of one to four
- * hex digits, at most one `::` standing for one or more zero groups, and optionally a dotted IPv4
- * address as the last two groups. Read by hand: it is on the hot path of every IPv6 failure.
+ * Reads the IPv6 address written without a zone at s[start, end) into {@link IPV6_GROUPS}; false
+ * if it is not one. Accepts exactly what `isIP` accepts as IPv6 (a test compares them): groups of
+ * one to four hex digits, at most one `::` standing for one or more zero groups, and optionally a
+ * dotted IPv4 address as the last two groups. Read by hand: it is on the hot path of every IPv6
+ * failure.
  */
-export function ipv6Groups(text: string): number[] | null {
-  const groups: number[] = [];
-  const length = text.length;
+function readIPv6(s: string, start: number, end: number): boolean {
+  const g = IPV6_GROUPS;
+  let count = 0;
   let gap = -1; // where "::" stands among the groups
-  let i = 0;
-  if (text.charCodeAt(0) === 58 /* : */) {
-    if (text.charCodeAt(1) !== 58) return null;
+  let i = start;
+  embeddedQuadAt = -1;
+  if (i < end && s.charCodeAt(i) === 58 /* : */) {
+    if (i + 1 >= end || s.charCodeAt(i + 1) !== 58) return false;
     gap = 0;
-    i = 2;
+    i += 2;
   }
-  while (i < length) {
+  while (i < end) {
     let value = 0;
     let j = i;
-    for (let digit; j < length && (digit = hexDigitValue(text.charCodeAt(j))) !== -1; j++) {
-      if (j - i === 4) return null;
+    for (let digit; j < end && (digit = hexDigitValue(s.charCodeAt(j))) !== -1; j++) {
+      if (j - i === 4) return false;
       value = value * 16 + digit;
     }
-    if (j === i) return null;
-    if (text.charCodeAt(j) === 46 /* . */) {
-      const ipv4 = groups.length <= 6 ? ipv4Number(text.slice(i)) : -1;
-      if (ipv4 === -1) return null;
-      groups.push(ipv4 >>> 16, ipv4 & 0xffff);
+    if (j === i) return false;
+    if (j < end && s.charCodeAt(j) === 46 /* . */) {
+      if (count > 6 || dottedQuadEnd(s, i, end) !== end) return false;
+      g[count++] = quadNumber >>> 16;
+      g[count++] = quadNumber & 0xffff;
+      embeddedQuadAt = i;
       break;
     }
-    groups.push(value);
-    if (j === length) break;
-    if (text.charCodeAt(j) !== 58 || j + 1 === length) return null;
+    if (count === 8) return false;
+    g[count++] = value;
+    if (j === end) break;
+    if (s.charCodeAt(j) !== 58 || j + 1 === end) return false;
     i = j + 1;
-    if (text.charCodeAt(i) === 58) {
-      if (gap !== -1) return null;
-      gap = groups.length;
+    if (s.charCodeAt(i) === 58) {
+      if (gap !== -1) return false;
+      gap = count;
       i++;
     }
   }
-  if (gap === -1) return groups.length === 8 ? groups : null;
-  if (groups.length > 7) return null;
-  groups.splice(gap, 0, ...new Array<number>(8 - groups.length).fill(0));
-  return groups;
+  if (gap === -1) return count === 8;
+  if (count > 7) return false;
+  const zeros = 8 - count;
+  for (let k = count - 1; k >= gap; k--) g[k + zeros] = g[k];
+  for (let k = gap; k < gap + zeros; k++) g[k] = 0;
+  return true;
+}
+
+/**
+ * The eight 16-bit groups of an IPv6 address written without a zone, or null if `text` is not
+ * one (see {@link readIPv6}).
+ */
+export function ipv6Groups(text: string): number[] | null {
+  return readIPv6(text, 0, text.length) ? IPV6_GROUPS.slice() : null;
 }
 
 /**
@@ -433,6 +505,37 @@ function ipv6Text(g: readonly number[]): string {
   }
   return text;
 }
+
+/**
+ * True when s[start, end), whose groups {@link readIPv6} has just read, is written exactly as
+ * {@link ipv6Text} writes them; compared in place, without writing that text.
+ */
+function isCanonicalIPv6(s: string, start: number, end: number): boolean {
+  const g = IPV6_GROUPS;
+  if (isMappedIPv4(g)) return false; // written as IPv4
+  const gap = longestZeroRun(g);
+  let i = start;
+  for (let k = 0; k < 8; k++) {
+    if (k === gap.start) {
+      if (s.charCodeAt(i) !== 58 || s.charCodeAt(i + 1) !== 58) return false;
+      i += 2;
+      k += gap.length - 1;
+      continue;
+    }
+    if (k > 0 && k !== gap.start + gap.length) {
+      if (s.charCodeAt(i) !== 58 /* : */) return false;
+      i++;
+    }
+    const value = g[k];
+    const digits = value < 16 ? 1 : value < 256 ? 2 : value < 4096 ? 3 : 4;
+    for (let shift = 4 * (digits - 1); shift >= 0; shift -= 4) {
+      if (s.charCodeAt(i++) !== LOWER_HEX.charCodeAt((value >> shift) & 15)) return false;
+    }
+  }
+  return i === end;
+}
+
+const LOWER_HEX = "0123456789abcdef";
 
 /** True for the groups of an IPv4-mapped address (`::ffff:a.b.c.d`). */
 function isMappedIPv4(g: readonly number[]): boolean {
@@ -520,9 +623,8 @@ export function isInAny(address: string, blocks: readonly Cidr[]): boolean {
 /** Where a record's prefix says it comes from, and where its message starts. */
 interface Prefix {
   level: string;
-  /** A watched source file (`__FILE__` of the writer, `Ext.` for dialplan Log() lines), or `""`
-   * for any other file. */
-  file: string;
+  /** The watched source file it names. */
+  source: Source;
   /** Index of the message body. For `Ext.` lines, of the text after `Ext. `. */
   body: number;
 }
@@ -535,15 +637,6 @@ function isLowerHex(c: number): boolean {
 }
 /** The levels of the families sipcheck reads (dialplan Log() lines included). */
 const LEVELS = ["NOTICE", "WARNING", "SECURITY"] as const;
-/** Source files whose messages sipcheck reads (the keys of FAMILIES_BY_FILE, below). */
-const WATCHED_FILES = [
-  "chan_sip.c",
-  "res_pjsip/pjsip_distributor.c",
-  "res_pjsip_session.c",
-  "chan_iax2.c",
-  "manager.c",
-  "res_security_log.c",
-] as const;
 
 /** The level of LEVELS that starts with this character code, if any. */
 function levelStartingWith(c: number): string | undefined {
@@ -559,7 +652,11 @@ function levelStartingWith(c: number): string | undefined {
 }
 
 /** A prefix that is well formed but names a level or file sipcheck does not read. */
-const IRRELEVANT: Prefix = Object.freeze({ level: "", file: "", body: 0 });
+const IRRELEVANT: Prefix = Object.freeze({
+  level: "",
+  source: { file: "", families: [], bodyStarts: null, startTable: null },
+  body: 0,
+});
 
 /** The level written at s[start, end) if it is one sipcheck reads, or `""`. */
 function levelAt(s: string, start: number, end: number): string {
@@ -569,24 +666,12 @@ function levelAt(s: string, start: number, end: number): string {
   return "";
 }
 
-/** WATCHED_FILES by length. */
-const WATCHED_BY_LENGTH: string[][] = [];
-for (const file of WATCHED_FILES) (WATCHED_BY_LENGTH[file.length] ??= []).push(file);
-
-/** The watched file named at s[start, end), or `""`. */
-function watchedFileAt(s: string, start: number, end: number): string {
-  const candidates = WATCHED_BY_LENGTH[end - start];
-  if (candidates === undefined) return "";
-  for (const file of candidates) if (hasAt(s, start, file)) return file;
-  return "";
-}
-
-/** `s.startsWith(text, at)` by hand: quicker for the short texts of the hot path. */
-function hasAt(s: string, at: number, text: string): boolean {
-  for (let i = 0; i < text.length; i++) {
-    if (s.charCodeAt(at + i) !== text.charCodeAt(i)) return false;
-  }
-  return true;
+/** The watched source file named at s[start, end), or null. */
+function watchedFileAt(s: string, start: number, end: number): Source | null {
+  const candidates = SOURCES_BY_LENGTH[end - start];
+  if (candidates === undefined) return null;
+  for (const source of candidates) if (s.startsWith(source.file, start)) return source;
+  return null;
 }
 
 /**
@@ -604,7 +689,7 @@ function readFilePrefix(s: string, start: number, end: number): Prefix | null {
   let p = dateEnd + 2;
   // Most lines are VERBOSE or DEBUG: one look at the level's first letter settles them.
   const level = levelStartingWith(s.charCodeAt(p));
-  if (level === undefined || !hasAt(s, p, level)) return IRRELEVANT;
+  if (level === undefined || !s.startsWith(level, p)) return IRRELEVANT;
   p += level.length;
   if (s.charCodeAt(p) === 32) p++;
   if (s.charCodeAt(p) !== 91 || !isDigit(s.charCodeAt(p + 1))) return null;
@@ -616,16 +701,16 @@ function readFilePrefix(s: string, start: number, end: number): Prefix | null {
     p += 12;
   }
   if (s.charCodeAt(p++) !== 32 || p >= end) return null;
-  if (s.charCodeAt(p) === 69 /* E */ && hasAt(s, p, "Ext. ") && p + 5 <= end) {
-    return { level, file: "Ext.", body: p + 5 };
+  if (s.charCodeAt(p) === 69 /* E */ && s.startsWith("Ext. ", p) && p + 5 <= end) {
+    return { level, source: DIALPLAN, body: p + 5 };
   }
   let colon = s.indexOf(":", p); // the first ": "
   while (colon !== -1 && colon < end && s.charCodeAt(colon + 1) !== 32) {
     colon = s.indexOf(":", colon + 1);
   }
   if (colon === -1 || colon >= end) return null;
-  const file = watchedFileAt(s, p, colon);
-  return file === "" ? IRRELEVANT : { level, file, body: colon + 2 };
+  const source = watchedFileAt(s, p, colon);
+  return source === null ? IRRELEVANT : { level, source, body: colon + 2 };
 }
 
 /**
@@ -635,13 +720,16 @@ function readFilePrefix(s: string, start: number, end: number): Prefix | null {
  * (`journalctl -o cat`). The syslog day may have one or two spaces or a leading zero, the time a
  * fraction (`journalctl -o short-precise`).
  */
-const LOCATED_PREFIX = new RegExp(
-  "^(?:(?:[A-Z][a-z]{2} {1,2}\\d{1,2} \\d\\d:\\d\\d:\\d\\d(?:\\.\\d+)?|" +
-    "\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(?:\\.\\d+)?(?:Z|[+-]\\d\\d:?\\d\\d))" +
-    " [^ \\n]+ asterisk\\[\\d+\\]: )?" +
-    "(?:\\[[^\\]\\n]*\\] )?([A-Z][A-Z0-9_]*) ?\\[\\d+\\](?:\\[C-[0-9a-f]{8}\\])?: " +
-    "(?:([\\w./-]+\\.c):\\d+ (?:in )?\\w+: |Ext\\. )",
-);
+function locatedPrefix(level: string, file: string): RegExp {
+  return new RegExp(
+    "^(?:(?:[A-Z][a-z]{2} {1,2}\\d{1,2} \\d\\d:\\d\\d:\\d\\d(?:\\.\\d+)?|" +
+      "\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(?:\\.\\d+)?(?:Z|[+-]\\d\\d:?\\d\\d))" +
+      " [^ \\n]+ asterisk\\[\\d+\\]: )?" +
+      `(?:\\[[^\\]\\n]*\\] )?${level} ?\\[\\d+\\](?:\\[C-[0-9a-f]{8}\\])?: ` +
+      `(?:${file}:\\d+ (?:in )?\\w+: |Ext\\. )`,
+  );
+}
+const LOCATED_PREFIX = locatedPrefix("([A-Z][A-Z0-9_]*)", "([\\w./-]+\\.c)");
 
 /** Reads any of the prefixes above from a whole line. */
 function readPrefix(line: string): Prefix | null {
@@ -649,9 +737,11 @@ function readPrefix(line: string): Prefix | null {
   if (prefix) return prefix;
   const located = LOCATED_PREFIX.exec(line);
   if (!located) return null;
-  const file = located[2] === undefined ? "Ext." : watchedFileAt(located[2], 0, located[2].length);
+  const source = located[2] === undefined
+    ? DIALPLAN
+    : watchedFileAt(located[2], 0, located[2].length);
   const level = levelAt(located[1], 0, located[1].length);
-  return file === "" || level === "" ? IRRELEVANT : { level, file, body: located[0].length };
+  return source === null || level === "" ? IRRELEVANT : { level, source, body: located[0].length };
 }
 
 /** ANSI colour codes (SGR), present only in console output copied to the journal. */
@@ -684,26 +774,16 @@ const SIP_REGISTER_REASONS = [
   "Unknown error",
 ] as const;
 
-/**
- * channels/chan_sip.c handle_request_register(), 1.2 – 20.x:
- * `"Registration from '%s' failed for '%s' - %s\n"`. The To header (the caller's) comes first, so
- * the pattern is anchored on the right: the address is the last quoted field before a fixed
- * reason. Read by hand with the same meaning, as it is the commonest line under attack:
- * `/^Registration from '.*' failed for '([^']*)' - (?:REASON|…)$/s`.
- */
-function readSipRegister(body: string): string | null {
-  if (!body.startsWith("Registration from '")) return null;
-  for (const reason of SIP_REGISTER_REASONS) {
-    if (!body.endsWith(reason)) continue;
-    const addressEnd = body.length - reason.length - 4; // before "' - "
-    if (!body.startsWith("' - ", addressEnd)) return null;
-    const addressStart = body.lastIndexOf("'", addressEnd - 1) + 1;
-    if (addressStart - 14 < 19 || !body.startsWith("' failed for '", addressStart - 14)) {
-      return null;
-    }
-    return body.slice(addressStart, addressEnd);
-  }
-  return null;
+/** SIP_REGISTER_REASONS by length. */
+const REASONS_BY_LENGTH: string[][] = [];
+for (const reason of SIP_REGISTER_REASONS) (REASONS_BY_LENGTH[reason.length] ??= []).push(reason);
+
+/** True when s[start, end) is one of SIP_REGISTER_REASONS. */
+function isSipRegisterReason(s: string, start: number, end: number): boolean {
+  const candidates = REASONS_BY_LENGTH[end - start];
+  if (candidates === undefined) return false;
+  for (const reason of candidates) if (s.startsWith(reason, start)) return true;
+  return false;
 }
 
 /**
@@ -741,8 +821,6 @@ const PJSIP_METHOD = /^[A-Za-z0-9\-.!%*_+`'~]+$/;
 /** The characters of PJSIP_METHOD, by code, for reading the method in place. */
 const METHOD_CHARS = new Uint8Array(128);
 for (let c = 0; c < 128; c++) METHOD_CHARS[c] = PJSIP_METHOD.test(String.fromCharCode(c)) ? 1 : 0;
-/** The fixed end of the same line when an endpoint uses identify_by=auth_username (13.10+). */
-const PJSIP_TRIES = / after (\d+) tries in \d+\.\d+ ms$/y;
 
 /** channels/chan_iax2.c, 1.4 – master: `"Host %s failed to authenticate as %s\n"` (≤ 11 bare,
  * 12+ with port). The user name runs to the end of the line. */
@@ -794,8 +872,21 @@ const AMI_AUTH = new RegExp(
  * res/res_security_log.c (1.8 – master): the fixed head of the four events that mean a failed
  * login. `EventTV` is `sec-usec` in 1.8/11 and ISO 8601 from 12.
  */
-const SECURITY_HEAD =
-  /^SecurityEvent="(FailedACL|InvalidAccountID|ChallengeResponseFailed|InvalidPassword)",EventTV="(?:\d+-\d+|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d{4})",Severity="(?:Error|Informational)",Service="(\w+)",EventVersion="\d+",AccountID="/;
+const SECURITY_EVENTS = [
+  "FailedACL",
+  "InvalidAccountID",
+  "ChallengeResponseFailed",
+  "InvalidPassword",
+] as const;
+const SECURITY_TV = "(?:\\d+-\\d+|\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d+[+-]\\d{4})";
+const SECURITY_HEAD = new RegExp(
+  `SecurityEvent="(?:${SECURITY_EVENTS.join("|")})",EventTV="${SECURITY_TV}",` +
+    `Severity="(?:Error|Informational)",Service="\\w+",EventVersion="\\d+",AccountID="`,
+  "y",
+);
+/** The four events of SECURITY_HEAD by the length of their names, which differ. */
+const SECURITY_EVENTS_BY_LENGTH: string[] = [];
+for (const event of SECURITY_EVENTS) SECURITY_EVENTS_BY_LENGTH[event.length] = event;
 /**
  * A RemoteAddress value, `IPV4/UDP/a.b.c.d/port` (transport optional), found by the end of its
  * key on purpose: term_strip() stops deleting at the `m` of the real key at the latest, so the
@@ -804,10 +895,11 @@ const SECURITY_HEAD =
  * the first quote of the real pair and hide it from a global search.
  */
 const SECURITY_REMOTE_ADDRESS = new RegExp(
-  `oteAddress="IPV[46]/(?:[A-Z]{2,4}/)?(${BARE})/\\d+"`,
-  "g",
+  `oteAddress="IPV[46]/(?:[A-Z]{2,4}/)?${BARE}/\\d+"`,
+  "y",
 );
-const SECURITY_TV = "(?:\\d+-\\d+|\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d+[+-]\\d{4})";
+/** Where each such value starts. */
+const REMOTE_ADDRESS_KEY = 'oteAddress="';
 const MODULE = '(?:,Module="[\\w.-]*")?';
 const SESSION_TV = `(?:,SessionTV="${SECURITY_TV}")?`;
 /** What may follow RemoteAddress in a FailedACL event, to the end of the line. */
@@ -869,8 +961,10 @@ interface Family {
   name: FamilyName;
   /** Levels it is written at. */
   levels: readonly string[];
-  /** Reads a message body; null when the body is not this family's. */
-  read: (body: string) => Failure | null;
+  /** Reads the message body s[start, end) (a line, or part of the chunk of log the scanner
+   * holds); null when the body is not this family's. A search must not run past `end`; a fixed
+   * text without CR or LF needs no such bound (`s.startsWith`), as a line ends in one. */
+  read: (s: string, start: number, end: number) => Failure | null;
 }
 
 /** A failure; the optional fields only when set, so that results compare simply in tests. */
@@ -908,7 +1002,11 @@ function headFamily(
   form: AddressForm,
   tail: { test(text: string): boolean } | null,
 ): Family {
-  return { name, levels, read: (body) => readHead(name, body, head, form, tail) };
+  return {
+    name,
+    levels,
+    read: (s, start, end) => readHead(name, s.slice(start, end), head, form, tail),
+  };
 }
 
 /** A family anchored on the right end of the line; `head` alone marks an open head. */
@@ -922,7 +1020,8 @@ function tailFamily(
   return {
     name,
     levels,
-    read(body) {
+    read(s, start, end) {
+      const body = s.slice(start, end);
       const match = pattern.exec(body);
       if (match) return failure(name, normaliseAddress(match[1], form));
       return head?.test(body) ? failure(name, null, true) : null;
@@ -936,13 +1035,30 @@ const LOG_LEVELS = ["WARNING"] as const;
 /** chan_iax2 raised some of its messages to WARNING in 18.21, 20.6, 21.1 and 22. */
 const NOTICE_OR_WARNING = ["NOTICE", "WARNING"] as const;
 
-/** chan_sip.c registrations. */
+/**
+ * channels/chan_sip.c handle_request_register(), 1.2 – 20.x:
+ * `"Registration from '%s' failed for '%s' - %s\n"`. The To header (the caller's) comes first, so
+ * the address is read from the right: the last quoted field before a fixed reason. Read by hand
+ * with the same meaning, as it is the commonest line under attack:
+ * `/^Registration from '.*' failed for '([^']*)' - (?:REASON|…)$/s`. (No reason holds `'`, so the
+ * last `'` of the line is the one before the reason.)
+ */
 const sipRegister: Family = {
   name: "sip-register",
   levels: NOTICE,
-  read(body) {
-    const address = readSipRegister(body);
-    return address === null ? null : failure("sip-register", normaliseAddress(address, "sockaddr"));
+  read(s, start, end) {
+    if (!s.startsWith("Registration from '", start)) return null;
+    const dash = s.lastIndexOf("'", end - 4);
+    if (
+      dash < start + 19 || !s.startsWith("' - ", dash) || !isSipRegisterReason(s, dash + 4, end)
+    ) {
+      return null;
+    }
+    const addressStart = s.lastIndexOf("'", dash - 1) + 1;
+    if (addressStart - 14 < start + 19 || !s.startsWith("' failed for '", addressStart - 14)) {
+      return null;
+    }
+    return failure("sip-register", readAddress(s, addressStart, dash, "sockaddr"));
   },
 };
 
@@ -950,7 +1066,8 @@ const sipRegister: Family = {
 const sipCall: Family = {
   name: "sip-call",
   levels: NOTICE,
-  read(body) {
+  read(s, start, end) {
+    const body = s.slice(start, end);
     const reading = readHead("sip-call", body, SIP_CALL, "sockaddr", CALL_TAIL);
     if (reading) return reading;
     const old = SIP_CALL_NO_ADDRESS.exec(body);
@@ -963,55 +1080,112 @@ const sipCall: Family = {
 const pjsipCall: Family = {
   name: "pjsip-call",
   levels: NOTICE,
-  read: (body) =>
-    readHead("pjsip-call", body, PJSIP_CALL, "srcname", CALL_TAIL) ??
-      readHead("pjsip-call", body, PJSIP_CALL_TRACE, "srcname", CALL_TAIL),
+  read(s, start, end) {
+    const body = s.slice(start, end);
+    return readHead("pjsip-call", body, PJSIP_CALL, "srcname", CALL_TAIL) ??
+      readHead("pjsip-call", body, PJSIP_CALL_TRACE, "srcname", CALL_TAIL);
+  },
 };
 
-/**
- * The possible ends of the From field of a PJSIP request line, which starts at `start`. pjproject
- * prints it as `<uri>` or `"display" <uri>`; the URI never holds a space, `"`, `<` or `>`. A
- * display quoted on the wire keeps its backslash escapes, so its first unescaped `"` ends it; one
- * unquoted on the wire gets quotes added, may hold a bare `"` or end in a backslash, but holds no
- * `:`, `<`, CR or LF. A line can read both ways; both ends are returned then.
+/*
+ * The From field of a PJSIP request line, at s[start, end). pjproject prints it as `<uri>` or
+ * `"display" <uri>`; the URI never holds a space, `"`, `<` or `>`. A display quoted on the wire
+ * keeps its backslash escapes, so its first unescaped `"` ends it; one unquoted on the wire gets
+ * quotes added, may hold a bare `"` or end in a backslash, but holds no `:`, `<`, CR or LF. A line
+ * can read both ways, so both ends are tried.
  */
-function endsOfFrom(body: string, start: number): number[] {
-  const first = body.charCodeAt(start);
-  if (first === 60 /* < */) {
-    const end = endOfUri(body, start);
-    return end === -1 ? [] : [end];
-  }
-  if (first !== 34 /* " */) return [];
-  const ends: number[] = [];
-  let i = start + 1; // quoted on the wire: to the first unescaped quote
-  while (i < body.length) {
-    const c = body.charCodeAt(i);
+
+/** The end of a From field `<uri>`, or `"display" <uri>` with the display quoted on the wire;
+ * -1 if there is no such field at s[start, end). */
+function endOfFrom(s: string, start: number, end: number): number {
+  const first = s.charCodeAt(start);
+  if (first === 60 /* < */) return endOfUri(s, start, end);
+  if (first !== 34 /* " */) return -1;
+  let i = start + 1; // to the first unescaped quote
+  while (i < end) {
+    const c = s.charCodeAt(i);
     if (c === 92 /* \ */) i += 2;
     else if (c === 34) break;
     else i++;
   }
-  if (i < body.length && body.startsWith(" <", i + 1)) {
-    const end = endOfUri(body, i + 2);
-    if (end !== -1) ends.push(end);
-  }
-  const angle = body.indexOf("<", start + 1); // unquoted on the wire: "[^:<\r\n]*" <uri>
-  if (angle >= start + 3 && body.startsWith('" ', angle - 2)) {
-    const display = body.slice(start + 1, angle - 2);
-    const end = /[:\r\n]/.test(display) ? -1 : endOfUri(body, angle);
-    if (end !== -1 && !ends.includes(end)) ends.push(end);
-  }
-  return ends;
+  return i < end && s.startsWith(" <", i + 1) ? endOfUri(s, i + 2, end) : -1;
 }
 
-/** `<` + `[^ "<>]*` + `>` at `start`; returns the index after `>`, or -1. */
-function endOfUri(body: string, start: number): number {
-  if (body.charCodeAt(start) !== 60) return -1;
-  for (let i = start + 1; i < body.length; i++) {
-    const c = body.charCodeAt(i);
+/** The end of a From field `"display" <uri>` whose display was not quoted on the wire
+ * (`"[^:<\r\n]*" <uri>`); -1 if there is no such field at s[start, end). */
+function endOfUnquotedFrom(s: string, start: number, end: number): number {
+  if (s.charCodeAt(start) !== 34 /* " */) return -1;
+  const angle = s.indexOf("<", start + 1);
+  if (angle === -1 || angle >= end || angle < start + 3 || !s.startsWith('" ', angle - 2)) {
+    return -1;
+  }
+  for (let i = start + 1; i < angle - 2; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 58 /* : */ || c === 13 || c === 10) return -1;
+  }
+  return endOfUri(s, angle, end);
+}
+
+/** `<` + `[^ "<>]*` + `>` at s[start, end); returns the index after `>`, or -1. */
+function endOfUri(s: string, start: number, end: number): number {
+  if (s.charCodeAt(start) !== 60) return -1;
+  for (let i = start + 1; i < end; i++) {
+    const c = s.charCodeAt(i);
     if (c === 62 /* > */) return i + 1;
     if (c === 32 || c === 34 || c === 60) return -1;
   }
   return -1;
+}
+
+/** The address of a PJSIP request line whose From field ends at `fromEnd`: the normalised address
+ * (or null), or undefined when the line does not read that way. */
+function pjsipAddressAfter(s: string, fromEnd: number, end: number): string | null | undefined {
+  if (fromEnd === -1 || !s.startsWith("' failed for '", fromEnd)) return undefined;
+  const addressStart = fromEnd + 14;
+  const addressEnd = s.indexOf("'", addressStart);
+  if (addressEnd === -1 || addressEnd >= end || !s.startsWith("' (callid: ", addressEnd)) {
+    return undefined;
+  }
+  return readAddress(s, addressStart, addressEnd, "srcname");
+}
+
+/** Where the From field of a PJSIP request line s[start, end) starts, or -1 if the line is not
+ * one: `Request from '` (P1) or `Request '<method>' from '`. */
+function pjsipFromStart(s: string, start: number, end: number): number {
+  if (s.startsWith("Request from '", start)) return start + 14;
+  if (!s.startsWith("Request '", start)) return -1;
+  const space = s.indexOf(" ", start + 9);
+  if (
+    space === -1 || space >= end || space < start + 11 || s.charCodeAt(space - 1) !== 39 ||
+    !s.startsWith("from '", space + 1)
+  ) {
+    return -1;
+  }
+  for (let i = start + 9; i < space - 1; i++) if (METHOD_CHARS[s.charCodeAt(i)] !== 1) return -1;
+  return space + 7;
+}
+
+/** N of the fixed end ` after N tries in X.Y ms` (`/ after (\d+) tries in \d+\.\d+ ms$/`) that
+ * a request line s[start, end) has when its endpoint uses identify_by=auth_username (13.10+), or
+ * -1. Read from the right: what follows its ` after ` holds no other. */
+function pjsipTries(s: string, start: number, end: number): number {
+  if (end - start < 3 || !s.startsWith(" ms", end - 3)) return -1;
+  const fraction = digitsStart(s, start, end - 3);
+  if (fraction === end - 3 || s.charCodeAt(fraction - 1) !== 46 /* . */) return -1;
+  const whole = digitsStart(s, start, fraction - 1);
+  if (whole === fraction - 1 || whole - 10 < start || !s.startsWith(" tries in ", whole - 10)) {
+    return -1;
+  }
+  const tries = digitsStart(s, start, whole - 10);
+  if (tries === whole - 10 || tries - 7 <= start || !s.startsWith(" after ", tries - 7)) return -1;
+  return Number(s.slice(tries, whole - 10));
+}
+
+/** The start of the run of digits that ends at `end` (not before `start`). */
+function digitsStart(s: string, start: number, end: number): number {
+  let i = end;
+  while (i > start && isDigit(s.charCodeAt(i - 1))) i--;
+  return i;
 }
 
 /**
@@ -1025,38 +1199,21 @@ function endOfUri(body: string, start: number): number {
 const pjsipRequest: Family = {
   name: "pjsip-request",
   levels: NOTICE,
-  read(body) {
-    let from: number;
-    if (body.startsWith("Request from '")) from = 14;
-    else if (body.startsWith("Request '")) {
-      const space = body.indexOf(" ", 9);
-      if (
-        space < 11 || body.charCodeAt(space - 1) !== 39 || !body.startsWith("from '", space + 1)
-      ) {
-        return null;
-      }
-      for (let i = 9; i < space - 1; i++) if (METHOD_CHARS[body.charCodeAt(i)] !== 1) return null;
-      from = space + 7;
-    } else return null;
-    let address: string | null | undefined; // undefined until a reading holds
-    for (const fromEnd of endsOfFrom(body, from)) {
-      if (!body.startsWith("' failed for '", fromEnd)) continue;
-      const addressStart = fromEnd + 14;
-      const addressEnd = body.indexOf("'", addressStart);
-      if (addressEnd === -1 || !body.startsWith("' (callid: ", addressEnd)) continue;
-      const reading = normaliseAddress(body.slice(addressStart, addressEnd), "srcname");
-      // A display name ending in a backslash reads two ways, with the Call-ID supplying the second.
-      if (address !== undefined && reading !== address) {
-        return { family: "pjsip-request", address: null, ambiguous: true };
-      }
-      address = reading;
+  read(s, start, end) {
+    const from = pjsipFromStart(s, start, end);
+    if (from === -1) return null;
+    const quotedEnd = endOfFrom(s, from, end);
+    const unquotedEnd = endOfUnquotedFrom(s, from, end);
+    const quoted = pjsipAddressAfter(s, quotedEnd, end);
+    const unquoted = unquotedEnd === quotedEnd ? undefined : pjsipAddressAfter(s, unquotedEnd, end);
+    // A display name ending in a backslash reads two ways, with the Call-ID supplying the second.
+    if (quoted !== undefined && unquoted !== undefined && quoted !== unquoted) {
+      return { family: "pjsip-request", address: null, ambiguous: true };
     }
+    const address = quoted !== undefined ? quoted : unquoted;
     if (address === undefined) return null;
-    // Only the last " after " can start the fixed end (what follows it holds no other).
-    const after = body.endsWith(" ms") ? body.lastIndexOf(" after ") : -1;
-    PJSIP_TRIES.lastIndex = after;
-    const tries = after > 0 ? PJSIP_TRIES.exec(body) : null;
-    return failure("pjsip-request", address, false, tries ? Number(tries[1]) : undefined);
+    const tries = pjsipTries(s, start, end);
+    return failure("pjsip-request", address, false, tries === -1 ? undefined : tries);
   },
 };
 
@@ -1070,23 +1227,40 @@ const pjsipRequest: Family = {
 const securityEvent: Family = {
   name: "security-event",
   levels: ["SECURITY"],
-  read(body) {
-    const head = SECURITY_HEAD.exec(body);
-    if (!head) return null;
-    const [, event, service] = head;
-    if (service === "SIP" && !COUNT_CHAN_SIP_SECURITY_EVENTS) return null;
-    const sessionId = body.indexOf('",SessionID="', head[0].length - 1);
+  read(s, start, end) {
+    // The patterns are sticky and cannot match past a line's end; they capture nothing, as
+    // captures in a chunk of log cost more than the reading that follows (a test of that order).
+    SECURITY_HEAD.lastIndex = start;
+    if (!SECURITY_HEAD.test(s)) return null;
+    const headEnd = SECURITY_HEAD.lastIndex;
+    const eventStart = start + 15; // after `SecurityEvent="`
+    const event = SECURITY_EVENTS_BY_LENGTH[s.indexOf('"', eventStart) - eventStart];
+    if (!COUNT_CHAN_SIP_SECURITY_EVENTS && s.slice(start, headEnd).includes('",Service="SIP",')) {
+      return null;
+    }
+    // Searches stay inside the line: none goes past the last RemoteAddress key in it.
+    const lastKey = s.lastIndexOf(REMOTE_ADDRESS_KEY, end - REMOTE_ADDRESS_KEY.length);
+    let sessionId = -2; // not searched yet
     let address: string | null | undefined; // undefined until a candidate holds
     let ambiguous = false;
     let values = 0;
-    SECURITY_REMOTE_ADDRESS.lastIndex = head[0].length;
-    for (let value; (value = SECURITY_REMOTE_ADDRESS.exec(body));) {
+    for (let at = lastKey < headEnd ? -1 : s.indexOf(REMOTE_ADDRESS_KEY, headEnd); at !== -1;) {
+      SECURITY_REMOTE_ADDRESS.lastIndex = at;
+      const valueAt = at;
+      const valid = SECURITY_REMOTE_ADDRESS.test(s);
+      const valueEnd = valid ? SECURITY_REMOTE_ADDRESS.lastIndex : at + 1; // values do not overlap
+      at = valueEnd > lastKey ? -1 : s.indexOf(REMOTE_ADDRESS_KEY, valueEnd);
+      if (!valid) continue;
       values++;
-      if (sessionId === -1 || sessionId + 13 > value.index) continue;
-      const acl = securityTail(event, body.slice(value.index + value[0].length));
+      if (sessionId === -2) sessionId = s.indexOf('",SessionID="', headEnd - 1);
+      if (sessionId === -1 || sessionId + 13 > valueAt) continue;
+      const acl = securityTail(event, s.slice(valueEnd, end));
       if (acl === null) continue;
       if (acl.startsWith("registrar_")) return null;
-      const candidate = normaliseAddress(value[1], "bare");
+      // The value ends `/address/port"`, and an address holds no `/`.
+      const addressEnd = s.lastIndexOf("/", valueEnd - 2);
+      const addressStart = s.lastIndexOf("/", addressEnd - 1) + 1;
+      const candidate = readAddress(s, addressStart, addressEnd, "bare");
       if (address !== undefined && candidate !== address) ambiguous = true;
       address = candidate;
     }
@@ -1097,16 +1271,43 @@ const securityEvent: Family = {
   },
 };
 
-/** The families to try, by the source file Asterisk names in the prefix. */
-const FAMILIES_BY_FILE: ReadonlyMap<string, readonly Family[]> = new Map<string, Family[]>([
-  ["chan_sip.c", [
+/** A source file whose messages sipcheck reads. */
+interface Source {
+  /** `__FILE__` of the writer, as the prefix names it; `Ext.` for dialplan Log() lines. */
+  file: string;
+  /** The families it writes, in the order they are tried. */
+  families: readonly Family[];
+  /** The characters a message body can start with, for the cheap test on the hot path (see
+   * {@link readLineAt}); null where anything can come first. */
+  bodyStarts: string | null;
+  /** The same by character code: 1 for each (code 0 to 255). */
+  startTable: Uint8Array | null;
+}
+
+function source(file: string, bodyStarts: string | null, families: Family[]): Source {
+  let startTable = null;
+  if (bodyStarts !== null) {
+    startTable = new Uint8Array(256);
+    for (let i = 0; i < bodyStarts.length; i++) startTable[bodyStarts.charCodeAt(i)] = 1;
+  }
+  return { file, families, bodyStarts, startTable };
+}
+
+/** FreePBX's dialplan warning, written by Log() with the file `Ext. <exten>`. */
+const DIALPLAN = source("Ext.", null, [
+  tailFamily("dialplan-unknown-sip", LOG_LEVELS, DIALPLAN_UNKNOWN_SIP, "bare"),
+]);
+
+/** The source files sipcheck reads, and the families each writes. */
+const SOURCES: readonly Source[] = [
+  source("chan_sip.c", "RCh", [
     sipRegister,
     sipCall,
     tailFamily("sip-hacking-attempt", NOTICE, SIP_HACKING_ATTEMPT, "bare"),
-  ]],
-  ["res_pjsip/pjsip_distributor.c", [pjsipRequest]],
-  ["res_pjsip_session.c", [pjsipCall]],
-  ["chan_iax2.c", [
+  ]),
+  source("res_pjsip/pjsip_distributor.c", "R", [pjsipRequest]),
+  source("res_pjsip_session.c", null, [pjsipCall]),
+  source("chan_iax2.c", "HNR", [
     headFamily("iax2-auth", NOTICE_OR_WARNING, IAX2_AUTH, "sockaddr", null),
     headFamily("iax2-md5", NOTICE_OR_WARNING, IAX2_MD5, "bare", IAX2_MD5_TAIL),
     headFamily("iax2-plaintext", NOTICE_OR_WARNING, IAX2_PLAINTEXT, "bare", QUOTED_NAME_TAIL),
@@ -1115,7 +1316,8 @@ const FAMILIES_BY_FILE: ReadonlyMap<string, readonly Family[]> = new Map<string,
     {
       name: "iax2-rejected",
       levels: NOTICE_OR_WARNING,
-      read(body) {
+      read(s, start, end) {
+        const body = s.slice(start, end);
         const match = IAX2_REJECTED.exec(body);
         if (!match) return null;
         const tail = IAX2_REJECTED_TAIL[match[2] as keyof typeof IAX2_REJECTED_TAIL];
@@ -1123,33 +1325,50 @@ const FAMILIES_BY_FILE: ReadonlyMap<string, readonly Family[]> = new Map<string,
         return failure("iax2-rejected", normaliseAddress(match[1], "sockaddr"), openHead);
       },
     },
-  ]],
-  ["manager.c", [headFamily("ami-auth", NOTICE, AMI_AUTH, "bare", null)]],
-  ["res_security_log.c", [securityEvent]],
-  ["Ext.", [tailFamily("dialplan-unknown-sip", LOG_LEVELS, DIALPLAN_UNKNOWN_SIP, "bare")]],
-]);
+  ]),
+  source("manager.c", "0123456789abcdefABCDEF:", [
+    headFamily("ami-auth", NOTICE, AMI_AUTH, "bare", null),
+  ]),
+  source("res_security_log.c", "S", [securityEvent]),
+];
+
+/** SOURCES by the length of their names, for {@link watchedFileAt}. */
+const SOURCES_BY_LENGTH: Source[][] = [];
+for (const source of SOURCES) (SOURCES_BY_LENGTH[source.file.length] ??= []).push(source);
 
 /**
- * The first characters a message body of each watched file can start with, for the cheap test on
- * the hot path (see {@link readLineAt}); null where anything can come first.
+ * LOCATED_PREFIX with a level and a file sipcheck reads: a line it does not match cannot hold a
+ * failure in those forms (the cheap test of {@link mayHoldFailure}).
  */
-const BODY_STARTS: ReadonlyMap<string, string | null> = new Map([
-  ["chan_sip.c", "RCh"],
-  ["res_pjsip/pjsip_distributor.c", "R"],
-  ["res_pjsip_session.c", null],
-  ["chan_iax2.c", "HNR"],
-  ["manager.c", "0123456789abcdefABCDEF:"],
-  ["res_security_log.c", "S"],
-  ["Ext.", null],
-]);
+const LOCATED_WATCHED = locatedPrefix(
+  `(?:${LEVELS.join("|")})`,
+  `(?:${SOURCES.map(({ file }) => file.replaceAll(".", "\\.")).join("|")})`,
+);
 
-/** Reads the body of a record once its level and source file are known. */
-function readBody(level: string, file: string, body: string, fromJson: boolean): Failure | null {
-  const families = FAMILIES_BY_FILE.get(file);
-  if (!families) return null;
-  for (const family of families) {
-    if (!family.levels.includes(level)) continue;
-    const result = family.read(body);
+/** The source a JSON record's file names, or null. */
+function sourceNamed(file: string): Source | null {
+  if (file.startsWith("Ext. ") || file === DIALPLAN.file) return DIALPLAN;
+  return SOURCES.find((source) => source.file === file) ?? null;
+}
+
+/** True if `family` is written at `level` (`levels.includes`, without a call). */
+function writtenAt(family: Family, level: string): boolean {
+  for (const written of family.levels) if (written === level) return true;
+  return false;
+}
+
+/** Reads the body s[start, end) of a record once its level and source file are known. */
+function readBody(
+  level: string,
+  source: Source,
+  s: string,
+  start: number,
+  end: number,
+  fromJson: boolean,
+): Failure | null {
+  for (const family of source.families) {
+    if (!writtenAt(family, level)) continue;
+    const result = family.read(s, start, end);
     if (!result) continue;
     // A JSON record is one line whatever it holds: nothing after it can be forged.
     if (fromJson) delete result.openHead;
@@ -1172,9 +1391,11 @@ function parseJsonLine(line: string): Failure | null {
   if (typeof file !== "string" || typeof level !== "string" || typeof message !== "string") {
     return null;
   }
+  const source = sourceNamed(file);
+  if (source === null) return null;
   const body = (message.endsWith("\n") ? message.slice(0, -1) : message)
     .replace(JSON_LINE_BREAKS, "\ufffd");
-  return readBody(level, file.startsWith("Ext. ") ? "Ext." : file, body, true);
+  return readBody(level, source, body, 0, body.length, true);
 }
 
 /**
@@ -1192,7 +1413,7 @@ export function parseLine(line: string): Failure | null {
     prefix = readPrefix(line);
   }
   if (!prefix || prefix === IRRELEVANT) return null;
-  return readBody(prefix.level, prefix.file, line.slice(prefix.body), false);
+  return readBody(prefix.level, prefix.source, line, prefix.body, line.length, false);
 }
 
 /**
@@ -1204,11 +1425,12 @@ function readLineAt(s: string, start: number, end: number): Failure | null {
   const prefix = readFilePrefix(s, start, end);
   if (prefix === IRRELEVANT) return null;
   if (prefix) {
-    const starts = BODY_STARTS.get(prefix.file);
-    if (starts === undefined || (starts !== null && !starts.includes(s[prefix.body]))) return null;
-    return readBody(prefix.level, prefix.file, s.slice(prefix.body, end), false);
+    const starts = prefix.source.startTable;
+    if (starts !== null && starts[s.charCodeAt(prefix.body)] !== 1) return null;
+    return readBody(prefix.level, prefix.source, s, prefix.body, end, false);
   }
-  return mayHoldFailure(s, start, end) ? parseLine(s.slice(start, end)) : null;
+  const line = s.slice(start, end);
+  return mayHoldFailure(line) ? parseLine(line) : null;
 }
 // ---------------------------------------------------------------------------------------------
 // Counting
@@ -1216,16 +1438,6 @@ function readLineAt(s: string, start: number, end: number): Failure | null {
 
 /** What a scan keeps per address: a count, or the last `after N tries` value. */
 export type Counts = AddressCounts;
-
-/** The dotted IPv4 text as a 32-bit number, or -1 if it is not one (in its one canonical form). */
-function ipv4Number(text: string): number {
-  return dottedQuadEnd(text) === text.length ? quadNumber : -1;
-}
-
-/** The dotted text of a 32-bit IPv4 number. */
-function ipv4Text(number: number): string {
-  return `${number >>> 24}.${(number >>> 16) & 255}.${(number >>> 8) & 255}.${number & 255}`;
-}
 
 /** What {@link AddressCounts.snapshot} gives, to send to another thread (its arrays can be
  * transferred, and {@link AddressCounts.from} adopts them). */
@@ -1262,36 +1474,6 @@ export function addressHash(ipv6: boolean, w0: number, w1: number, w2: number, w
 }
 
 /**
- * True when `text`, whose groups are `g` (see {@link ipv6Groups}), is written exactly as
- * {@link ipv6Text} writes those groups; compared in place, without writing that text.
- */
-function isCanonicalIPv6(text: string, g: readonly number[]): boolean {
-  if (isMappedIPv4(g)) return false; // written as IPv4
-  const gap = longestZeroRun(g);
-  let i = 0;
-  for (let k = 0; k < 8; k++) {
-    if (k === gap.start) {
-      if (text.charCodeAt(i) !== 58 || text.charCodeAt(i + 1) !== 58) return false;
-      i += 2;
-      k += gap.length - 1;
-      continue;
-    }
-    if (k > 0 && k !== gap.start + gap.length) {
-      if (text.charCodeAt(i) !== 58 /* : */) return false;
-      i++;
-    }
-    const value = g[k];
-    const digits = value < 16 ? 1 : value < 256 ? 2 : value < 4096 ? 3 : 4;
-    for (let shift = 4 * (digits - 1); shift >= 0; shift -= 4) {
-      if (text.charCodeAt(i++) !== LOWER_HEX.charCodeAt((value >> shift) & 15)) return false;
-    }
-  }
-  return i === text.length;
-}
-
-const LOWER_HEX = "0123456789abcdef";
-
-/**
  * Numbers per address in little memory, since a million attacking addresses must not take a
  * gigabyte: addresses in canonical form live as numbers in typed arrays (IPv4 one 32-bit word,
  * IPv6 four), about 30 bytes an address plus 16 for IPv6 (dense entries in first-seen order,
@@ -1325,23 +1507,16 @@ export class AddressCounts {
 
   /** Reads `address` as the one being looked up; false when it is in neither canonical form. */
   #read(address: string): boolean {
-    const remembered = address === lastAddress.text;
-    const ipv4 = remembered ? lastAddress.ipv4 : ipv4Number(address);
-    if (ipv4 !== -1) {
-      this.#kind = IPV4;
-      this.#w0 = ipv4;
-      return true;
-    }
-    const g = remembered ? lastAddress.groups : ipv6Groups(address);
-    if (g === null || (!remembered && !isCanonicalIPv6(address, g))) {
+    if (!rememberCanonical(address)) {
       this.#kind = OTHER;
       return false;
     }
-    this.#kind = IPV6;
-    this.#w0 = ((g[0] << 16) | g[1]) >>> 0;
-    this.#w1 = ((g[2] << 16) | g[3]) >>> 0;
-    this.#w2 = ((g[4] << 16) | g[5]) >>> 0;
-    this.#w3 = ((g[6] << 16) | g[7]) >>> 0;
+    const last = lastAddress;
+    this.#kind = last.ipv6 ? IPV6 : IPV4;
+    this.#w0 = last.w0;
+    this.#w1 = last.w1;
+    this.#w2 = last.w2;
+    this.#w3 = last.w3;
     return true;
   }
 
@@ -1737,25 +1912,19 @@ export function joinTally(
 }
 
 /**
- * The cheap test for lines in the other formats (syslog, journal, `[plain]`, JSON): does the
- * line name a watched source file (its first `name.c:`, `"filename":"…"` in JSON, or `Ext. `)?
- * Lines that pass are parsed in full. Every search stays inside the line.
+ * The cheap test for lines in the other formats (syslog, journal, `[plain]`, JSON): could the
+ * line hold a failure? Its prefix has to name a level and a file sipcheck reads (in JSON, a
+ * `"filename":"…"` of a watched file or `Ext. `), or it holds colours that only parseLine strips.
+ * Lines that pass are parsed in full.
  */
-function mayHoldFailure(s: string, start: number, end: number): boolean {
-  const line = s.slice(start, end);
+function mayHoldFailure(line: string): boolean {
   if (line.charCodeAt(0) === 123 /* { */) {
     const key = line.indexOf('"filename":"');
     const close = key === -1 ? -1 : line.indexOf('"', key + 12);
     return close !== -1 &&
-      (watchedFileAt(line, key + 12, close) !== "" || line.startsWith("Ext. ", key + 12));
+      (watchedFileAt(line, key + 12, close) !== null || line.startsWith("Ext. ", key + 12));
   }
-  for (let dot = line.indexOf(".c"); dot !== -1; dot = line.indexOf(".c", dot + 2)) {
-    const next = line.charCodeAt(dot + 2);
-    if (next !== 58 /* : */ && next !== 27 /* ESC: journal colours */) continue;
-    // A watched name ending here (what comes before it is for parseLine to judge).
-    return WATCHED_FILES.some((file) => line.startsWith(file, dot + 2 - file.length));
-  }
-  return line.includes("Ext. ");
+  return LOCATED_WATCHED.test(line) || line.includes("\x1b");
 }
 
 /** A log reader that counts failures as bytes arrive, in bounded memory. */
