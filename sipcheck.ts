@@ -129,6 +129,8 @@ export const EXIT = {
 
 /** Bytes read from a log at a time. */
 const CHUNK_SIZE = 32 << 10;
+/** Bytes a scanner reads from a file at a time: fewer system calls than CHUNK_SIZE. */
+const READ_SIZE = 256 << 10;
 
 // ---------------------------------------------------------------------------------------------
 // Types
@@ -1611,16 +1613,18 @@ export class AddressCounts {
     this.#slots[slot] = this.#append(value) + 1;
   }
 
-  /** Adds every value of `other` to this one's (`"add"`), or sets them (`"set"`), by number:
-   * joining two tallies of a million addresses makes no strings for them. */
-  merge(other: AddressCounts, how: "add" | "set"): void {
-    for (let entry = 0; entry < other.#used; entry++) {
-      const kind = other.#kinds[entry];
-      const value = other.#values[entry];
+  /** Adds every value of `other` (counts, or a {@link snapshot} of them) to this one's
+   * (`"add"`), or sets them (`"set"`), by number: joining two tallies of a million addresses
+   * makes no strings for them, and a snapshot needs no hash table. */
+  merge(other: AddressCounts | CountsSnapshot, how: "add" | "set"): void {
+    const { keys, values, kinds, words } = other instanceof AddressCounts ? other.#view() : other;
+    const texts = other instanceof AddressCounts ? other.#otherText : new Map(other.others);
+    for (let entry = 0; entry < kinds.length; entry++) {
+      const kind = kinds[entry];
       if (kind === IPV4 || kind === IPV6) {
-        this.#loadFrom(kind, other.#keys[entry], other.#words);
-        this.#putLookedUp(value, how === "add");
-      } else if (kind === OTHER) this.#put(other.#otherText.get(entry)!, value, how === "add");
+        this.#loadFrom(kind, keys[entry], words);
+        this.#putLookedUp(values[entry], how === "add");
+      } else if (kind === OTHER) this.#put(texts.get(entry)!, values[entry], how === "add");
     }
   }
 
@@ -1799,6 +1803,16 @@ export class AddressCounts {
     }
   }
 
+  /** The arrays in use, without a copy. */
+  #view(): Omit<CountsSnapshot, "others"> {
+    return {
+      keys: this.#keys.subarray(0, this.#used),
+      values: this.#values.subarray(0, this.#used),
+      kinds: this.#kinds.subarray(0, this.#used),
+      words: this.#words.subarray(0, this.#sixes * 4),
+    };
+  }
+
   /** The contents as typed arrays, to send to another thread. */
   snapshot(): CountsSnapshot {
     return {
@@ -1884,6 +1898,12 @@ function triesStep(tries: number, last: number): number {
   return Math.max(1, Math.min(tries > last ? tries - last : tries, TRIES_STEP_MAX));
 }
 
+/** A part's tally as a worker thread sends it: the counts as typed arrays (or not). */
+export type PartTally = Omit<Tally, "counts" | "lastTries"> & {
+  counts: AddressCounts | CountsSnapshot;
+  lastTries: AddressCounts | CountsSnapshot;
+};
+
 /**
  * Adds the tally of the next part of a log to the tally of the parts before it, exactly as if one
  * scanner had read them all: the first `after N tries` line of each address in the part is
@@ -1891,18 +1911,22 @@ function triesStep(tries: number, last: number): number {
  */
 export function joinTally(
   into: Tally,
-  next: Tally,
+  next: PartTally,
   firstTries: ReadonlyMap<string, FirstTries>,
 ): void {
+  const corrections: [string, number][] = [];
   for (const [address, first] of firstTries) {
     const last = into.lastTries.get(address);
-    if (last === undefined) continue;
-    const correction = triesStep(first.tries, last) - first.counted;
-    next.counts.set(address, (next.counts.get(address) ?? 0) + correction);
-    next.failures += correction;
+    if (last !== undefined) {
+      corrections.push([address, triesStep(first.tries, last) - first.counted]);
+    }
   }
   into.counts.merge(next.counts, "add");
   into.lastTries.merge(next.lastTries, "set");
+  for (const [address, correction] of corrections) {
+    into.counts.add(address, correction);
+    into.failures += correction;
+  }
   into.lines += next.lines;
   into.failures += next.failures;
   into.longLines += next.longLines;
@@ -1975,7 +1999,7 @@ export function createScanner(
   onFailure?: (failure: Failure, counted: number) => void,
   part?: ScanPart,
 ): Scanner {
-  const buffer = Buffer.allocUnsafe(CHUNK_SIZE + MAX_LINE + 1);
+  const buffer = Buffer.allocUnsafe(READ_SIZE + MAX_LINE + 1);
   let used = 0; // bytes in buffer
   let offset = part?.offset ?? 0; // log offset of buffer[0]
   const countFrom = part?.countFrom ?? 0;
@@ -2021,19 +2045,22 @@ export function createScanner(
   /** Counts and reads the lines of `s` (one more than its line feeds), from log offset `base`. */
   function scanText(s: string, base: number): void {
     const length = s.length;
+    const counted = countFrom - base; // lines that start before it belong to the part before
+    let lines = 0;
     for (let start = 0;;) {
       let end = s.indexOf("\n", start);
       if (end === -1) end = length;
-      if (base + start >= countFrom) tally.lines++;
+      if (start >= counted) lines++;
       if (end - start > MAX_LINE) {
-        if (base + start >= countFrom) tally.longLines++;
+        if (start >= counted) tally.longLines++;
       } else {
         const failure = readLineAt(s, start, end);
-        if (failure) record(failure, base + start, base + end);
+        if (failure !== null) record(failure, base + start, base + end);
       }
-      if (end === length) return;
+      if (end === length) break;
       start = end + 1;
     }
+    tally.lines += lines;
   }
 
   /** Reads the complete lines in the buffer and keeps the incomplete last one. */
@@ -2059,10 +2086,26 @@ export function createScanner(
       }
       start = lf + 1;
     }
-    const lastLf = used > start ? buffer.subarray(start, used).lastIndexOf(10) : -1;
-    if (lastLf !== -1) {
-      scanText(buffer.toString("latin1", start, start + lastLf), offset + start);
-      start += lastLf + 1;
+    // The complete lines, decoded CHUNK_SIZE bytes at most at a time: V8 keeps longer strings
+    // out of its young generation, and reading a log would churn the old one.
+    const lastLf = used > start ? buffer.lastIndexOf(10, used - 1) : -1;
+    while (start <= lastLf) {
+      let lf = lastLf;
+      if (lf - start >= CHUNK_SIZE) {
+        lf = buffer.lastIndexOf(10, start + CHUNK_SIZE - 1);
+        if (lf < start) {
+          // A line longer than a piece, and so than MAX_LINE: counted, not read.
+          lf = buffer.indexOf(10, start);
+          if (offset + start >= countFrom) {
+            tally.lines++;
+            tally.longLines++;
+          }
+          start = lf + 1;
+          continue;
+        }
+      }
+      scanText(buffer.toString("latin1", start, lf), offset + start);
+      start = lf + 1;
     }
     if (final && used > start) {
       if (used - start > MAX_LINE) {
@@ -2555,9 +2598,7 @@ export async function scanFile(
   scanPart(jobs[0], tally, new Map());
   for (const result of others) {
     const { tally: sent, firstTries } = await result;
-    const counts = AddressCounts.from(sent.counts);
-    const lastTries = AddressCounts.from(sent.lastTries);
-    joinTally(tally, { ...sent, counts, lastTries }, firstTries);
+    joinTally(tally, sent, firstTries);
   }
 }
 

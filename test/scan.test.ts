@@ -216,7 +216,13 @@ describe("reading a log in parts (several cores at once)", () => {
       const scanner = createScanner(tally, undefined, part);
       scanner.write(bytes.subarray(part.offset, starts[k + 1] ?? bytes.length));
       scanner.end();
-      if (k > 0) joinTally(total, tally, part.firstTries);
+      // Every other part is joined as a worker thread sends it: its counts as typed arrays.
+      const sent = {
+        ...tally,
+        counts: tally.counts.snapshot(),
+        lastTries: tally.lastTries.snapshot(),
+      };
+      if (k > 0) joinTally(total, k % 2 === 0 ? tally : sent, part.firstTries);
     });
     return total;
   }
@@ -386,6 +392,11 @@ describe("AddressCounts (a Map of addresses in little memory)", () => {
     assert.deepEqual([...merged], [...sum], "merge, adding");
     merged.merge(other, "set");
     assert.deepEqual([...merged], [...new Map([...sum, ...other])], "merge, setting");
+    const fromSnapshot = AddressCounts.from(counts.snapshot());
+    fromSnapshot.merge(other.snapshot(), "add");
+    assert.deepEqual([...fromSnapshot], [...sum], "merge of a snapshot, adding");
+    fromSnapshot.merge(other.snapshot(), "set");
+    assert.deepEqual([...fromSnapshot], [...new Map([...sum, ...other])], "… and setting");
     assert.equal(
       counts.get("01.2.3.4") === counts.get("1.2.3.4"),
       model.get("01.2.3.4") === model.get("1.2.3.4"),
