@@ -388,3 +388,76 @@ describe("parseCidr and isInAny", () => {
     test(`rejects ${JSON.stringify(bad)}`, () => assert.equal(parseCidr(bad), null));
   }
 });
+
+describe("a line is read on its own: the lines around it in the chunk change nothing", () => {
+  // Each case is scanned between two copies of a line that no family reads but that holds what a
+  // reading past the end (or before the start) of the case's line would pick up.
+  const neighbours = [
+    "",
+    "\r",
+    "5060' - Wrong password",
+    "' - Wrong password",
+    "0.0.1:5060' (callid: x) - No matching endpoint found after 5 tries in 1.000 ms",
+    "' (callid: x) - Failed to authenticate",
+    "::1]:5060' - Wrong password",
+    "%eth0",
+    "7 tries in 1.5 ms",
+    " ms",
+    'oteAddress="IPV4/UDP/203.0.113.99/5060",ACLName="x"',
+    '",SessionID="x",LocalAddress="IPV4/UDP/192.0.2.1/5060",RemoteAddress="IPV4/UDP/203.0.113.98/5060"',
+    "' rejected because extension not found in context 'default'.",
+    "9.9.9.9' failed for '203.0.113.97' - Wrong password",
+  ];
+  const cases = [...ours, ...injections, ...corpus];
+  test(`${cases.length} cases, each between ${neighbours.length} kinds of neighbour`, () => {
+    for (const neighbour of neighbours) {
+      assert.equal(
+        parseLine(neighbour),
+        null,
+        `the neighbour ${JSON.stringify(neighbour)} is read`,
+      );
+    }
+    for (const c of cases) {
+      const alone = scanString(c.text + "\n");
+      for (const neighbour of neighbours) {
+        const text = `${neighbour}\n${c.text}\n${neighbour}\n`;
+        const between = scanString(text);
+        assert.deepEqual(
+          [...between.counts],
+          [...alone.counts],
+          `${c.source} line ${c.line} between ${JSON.stringify(neighbour)}`,
+        );
+        assert.equal(between.ambiguous, alone.ambiguous);
+        assert.equal(between.openHeads, alone.openHeads);
+      }
+    }
+  });
+  test("and so is each case cut short, where a reading past its end would find the rest", () => {
+    const random = seeded(11);
+    let checked = 0;
+    for (const c of cases) {
+      // Cut before each quote, colon, bracket, slash or space in the last 120 characters, and at
+      // a few places besides.
+      const cuts = new Set<number>();
+      for (let i = Math.max(1, c.text.length - 120); i < c.text.length; i++) {
+        if ("':[]/ ".includes(c.text[i])) cuts.add(i);
+      }
+      for (let k = 0; k < 8; k++) cuts.add(1 + random(c.text.length - 1));
+      for (const cut of cuts) {
+        const line = c.text.slice(0, cut);
+        const alone = scanString(line + "\n");
+        for (const neighbour of [c.text.slice(cut), ...neighbours.slice(2, 6)]) {
+          if (parseLine(neighbour) !== null) continue;
+          const between = scanString(`${neighbour}\n${line}\n${neighbour}\n`);
+          assert.deepEqual(
+            [...between.counts],
+            [...alone.counts],
+            `${c.source} line ${c.line} cut at ${cut}, between ${JSON.stringify(neighbour)}`,
+          );
+          checked++;
+        }
+      }
+    }
+    assert.ok(checked > 10_000, `${checked} cut lines checked`);
+  });
+});
