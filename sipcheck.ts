@@ -2491,116 +2491,197 @@ export function defaultLog(exists: (path: string) => boolean = pathExists): stri
   return !exists(classic) && exists(modern) ? modern : classic;
 }
 
-/** Files at least this large are read in parts, on several cores at once. */
-export const PARALLEL_MIN = 64 << 20;
+/** Files at least this large are read on several cores at once. */
+export const PARALLEL_MIN = 128 << 20;
+/** The least a worker thread takes over: a smaller rest is read where it is. */
+const SPLIT_MIN = 16 << 20;
 /** Threads that read one file at most. */
 const PARALLEL_MAX = 4;
 /** The young generation of each reading thread, in MB (V8's default grows to 16 MB or more). */
 const WORKER_YOUNG_GENERATION_MB = 4;
 
-/** Part boundaries of an open file: `count` starts, each right after a line feed. */
-function partStarts(fd: number, size: number, count: number): number[] {
-  const starts = [0];
+/** Where a worker thread stands, in its slot of the array the threads share. */
+const STARTING = 0;
+const READY = 1; // started, waiting for its part
+const ASSIGNED = 2; // its part is in the bounds array
+const UNNEEDED = 3; // there is nothing left for it: it ends
+
+/** Where the line that holds byte `position` of an open file ends (after its line feed), or `end`
+ * if that comes first. */
+function nextLineStart(fd: number, position: number, end: number): number {
   const probe = Buffer.allocUnsafe(64 << 10);
-  for (let k = 1; k < count; k++) {
-    let position = Math.floor((size * k) / count);
-    for (;;) {
-      const n = readSync(fd, probe, 0, probe.length, position);
-      if (n === 0) return starts;
-      const lf = probe.subarray(0, n).indexOf(10);
-      if (lf !== -1) {
-        position += lf + 1;
-        break;
-      }
-      position += n;
-    }
-    if (position >= size) break;
-    if (position > starts[starts.length - 1]) starts.push(position);
+  while (position < end) {
+    const n = readSync(fd, probe, 0, Math.min(probe.length, end - position), position);
+    if (n === 0) break;
+    const lf = probe.subarray(0, n).indexOf(10);
+    if (lf !== -1) return position + lf + 1;
+    position += n;
   }
-  return starts;
-}
-
-/** What a worker thread reads of a file. */
-interface PartJob {
-  path: string;
-  offset: number;
-  countFrom: number;
-  /** Where to stop; null to read to the end. */
-  to: number | null;
-}
-
-/** What a worker thread sends back: its tally, with the counts as typed arrays. */
-interface PartResult {
-  tally: Omit<Tally, "counts" | "lastTries"> & {
-    counts: CountsSnapshot;
-    lastTries: CountsSnapshot;
-  };
-  firstTries: Map<string, FirstTries>;
-}
-
-/** Reads one part of a file (used by worker threads, and by the main thread for the first). */
-function scanPart(job: PartJob, tally: Tally, firstTries: Map<string, FirstTries>): void {
-  const fd = openSync(job.path, "r");
-  try {
-    const scanner = createScanner(tally, undefined, { ...job, firstTries });
-    for (let position = job.offset; job.to === null || position < job.to;) {
-      const n = scanner.readFrom(fd, position, job.to === null ? Infinity : job.to - position);
-      if (n === 0) break;
-      position += n;
-    }
-    scanner.end();
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** Runs {@link scanPart} in a worker thread running this same file. */
-function scanPartInWorker(job: PartJob): Promise<PartResult> {
-  return new Promise((resolve, reject) => {
-    const worker = new Worker(new URL(import.meta.url), {
-      workerData: { sipcheckPart: job },
-      // What a part allocates dies young; a small young generation keeps the thread's memory
-      // down (measured on a 330 MB log: 5 to 15 MB less at peak with 8 MB, 7 more with 4 MB) and
-      // costs no time that shows through the noise.
-      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
-    });
-    worker.once("message", resolve);
-    worker.once("error", reject);
-    worker.once("exit", (code) => reject(new Error(`a reading thread stopped (${code})`)));
-  });
+  return end;
 }
 
 /**
- * Scans a file into `tally`; throws on open or read errors. A file of at least two `partMin`
- * bytes is cut into parts at line feeds and read on every core at once, in worker threads; the
- * parts' tallies are joined exactly (see {@link ScanPart}).
+ * Reads the part of an open file from `countFrom` (with what comes before it that the part's open
+ * heads need, see {@link ScanPart}) to where `to` says, asked before each read with the position
+ * reached: the end of a part may move down while it is read.
+ */
+function scanPart(
+  fd: number,
+  countFrom: number,
+  to: (position: number) => number,
+  tally: Tally,
+  firstTries: Map<string, FirstTries>,
+): void {
+  const offset = Math.max(0, countFrom - PART_LOOKBACK);
+  const scanner = createScanner(tally, undefined, { offset, countFrom, firstTries });
+  for (let position = offset, end; position < (end = to(position));) {
+    const n = scanner.readFrom(fd, position, end - position);
+    if (n === 0) break;
+    position += n;
+  }
+  scanner.end();
+}
+
+/** What a worker thread sends back: its tally, with the counts as typed arrays, and where its
+ * part starts. */
+interface PartResult {
+  countFrom: number;
+  tally: PartTally;
+  firstTries: Map<string, FirstTries>;
+}
+
+/** What a worker thread is given; `states` and `bounds` are shared by all the threads. */
+interface ReaderData {
+  path: string;
+  slot: number;
+  states: Int32Array;
+  /** Per slot, where the part starts and ends, once it is ASSIGNED. */
+  bounds: Float64Array;
+}
+
+/** A worker thread that may take over the end of this thread's part. */
+interface Reader {
+  worker: Worker;
+  /** Settles when it has said it is READY. */
+  ready: Promise<void>;
+  /** Its part's tally, once it is ASSIGNED one. */
+  result: Promise<PartResult>;
+}
+
+/** Starts a worker thread running this same file as a {@link Reader}. */
+function startReader(data: ReaderData): Reader {
+  const worker = new Worker(new URL(import.meta.url), {
+    workerData: { sipcheckReader: data },
+    // What a part allocates dies young; a small young generation keeps the thread's memory
+    // down (measured on a 330 MB log: 5 to 15 MB less at peak with 8 MB, 7 more with 4 MB) and
+    // costs no time that shows through the noise.
+    resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+  });
+  let onReady!: () => void;
+  let onResult!: (result: PartResult) => void;
+  let onFailure!: (error: unknown) => void;
+  const failed = new Promise<never>((_, reject) => onFailure = reject);
+  const ready = Promise.race([new Promise<void>((resolve) => onReady = resolve), failed]);
+  const result = Promise.race([new Promise<PartResult>((resolve) => onResult = resolve), failed]);
+  let messages = 0;
+  worker.on("message", (message) => messages++ === 0 ? onReady() : onResult(message));
+  worker.once("error", onFailure);
+  worker.once("exit", (code) => onFailure(new Error(`a reading thread stopped (${code})`)));
+  // Awaited only where needed: a thread that was not given a part is simply ended.
+  for (const promise of [failed, ready, result]) promise.catch(() => {});
+  return { worker, ready, result };
+}
+
+/** A worker thread of {@link scanFile}: says it is ready, waits for a part, reads it and sends
+ * its tally back. */
+function readerThread({ path, slot, states, bounds }: ReaderData): void {
+  if (Atomics.compareExchange(states, slot, STARTING, READY) !== STARTING) return;
+  parentPort?.postMessage("ready");
+  Atomics.wait(states, slot, READY);
+  if (Atomics.load(states, slot) !== ASSIGNED) return;
+  const [countFrom, to] = [bounds[2 * slot], bounds[2 * slot + 1]];
+  const tally = newTally();
+  const firstTries = new Map<string, FirstTries>();
+  const fd = openSync(path, "r");
+  try {
+    scanPart(fd, countFrom, () => to, tally, firstTries);
+  } finally {
+    closeSync(fd);
+  }
+  const counts = tally.counts.handOver();
+  const lastTries = tally.lastTries.handOver();
+  const result: PartResult = { countFrom, tally: { ...tally, counts, lastTries }, firstTries };
+  const buffers = [counts, lastTries].flatMap((c) => [c.keys, c.values, c.kinds, c.words])
+    .map((array) => array.buffer as ArrayBuffer);
+  parentPort?.postMessage(result, buffers);
+}
+
+/** How {@link scanFile} reads a large file; the defaults are for use, other values for tests. */
+export interface ScanFileOptions {
+  /** Files at least this large are read on every core at once (default PARALLEL_MIN). */
+  parallelMin?: number;
+  /** The least a worker thread takes over (default SPLIT_MIN). */
+  splitMin?: number;
+  /** Wait until the worker threads have started before reading anything. */
+  waitForReaders?: boolean;
+}
+
+/**
+ * Scans a file into `tally`; throws on open or read errors. A large file is read on every core
+ * at once: this thread reads from the start, and each worker thread, once it has started, takes
+ * over the second half of what this thread has left to read, cut at a line feed (so a thread that
+ * needs long to start costs nothing but its share). The parts' tallies are joined exactly (see
+ * {@link ScanPart}).
  */
 export async function scanFile(
   path: string,
   tally: Tally,
-  partMin: number = PARALLEL_MIN,
+  { parallelMin = PARALLEL_MIN, splitMin = SPLIT_MIN, waitForReaders = false }: ScanFileOptions =
+    {},
 ): Promise<void> {
   const fd = openSync(path, "r");
-  let starts: number[];
+  const readers: Reader[] = [];
   try {
     const size = fstatSync(fd).size;
-    const threads = Math.min(PARALLEL_MAX, availableParallelism(), Math.floor(size / partMin));
-    starts = threads > 1 ? partStarts(fd, size, threads) : [0];
+    const count = size < parallelMin ? 0 : Math.min(PARALLEL_MAX, availableParallelism()) - 1;
+    const states = new Int32Array(new SharedArrayBuffer(4 * count));
+    const bounds = new Float64Array(new SharedArrayBuffer(16 * count));
+    for (let slot = 0; slot < count; slot++) {
+      readers.push(startReader({ path, slot, states, bounds }));
+    }
+    if (waitForReaders) await Promise.all(readers.map(({ ready }) => ready));
+    let to = size; // where this thread's part ends: readers take over what comes after
+    /** Gives each reader that is ready the second half of what is left from `position`. */
+    const handOut = (position: number) => {
+      for (let slot = 0; slot < count; slot++) {
+        if (Atomics.load(states, slot) !== READY) continue;
+        const split = to - position < 2 * splitMin
+          ? to
+          : nextLineStart(fd, position + Math.floor((to - position) / 2), to);
+        if (split === to) continue; // too little left: another thread could not help
+        bounds[2 * slot] = split;
+        bounds[2 * slot + 1] = to;
+        to = split;
+        Atomics.store(states, slot, ASSIGNED);
+        Atomics.notify(states, slot);
+      }
+      return to;
+    };
+    scanPart(fd, 0, handOut, tally, new Map());
+    for (let slot = 0; slot < count; slot++) {
+      // A thread still starting or waiting is not needed any more.
+      Atomics.compareExchange(states, slot, STARTING, UNNEEDED);
+      Atomics.compareExchange(states, slot, READY, UNNEEDED);
+      Atomics.notify(states, slot);
+    }
+    const assigned = readers.filter((_, slot) => Atomics.load(states, slot) === ASSIGNED);
+    const parts = await Promise.all(assigned.map(({ result }) => result));
+    for (const { tally: part, firstTries } of parts.sort((a, b) => a.countFrom - b.countFrom)) {
+      joinTally(tally, part, firstTries);
+    }
   } finally {
     closeSync(fd);
-  }
-  const jobs: PartJob[] = starts.map((start, k) => ({
-    path,
-    offset: Math.max(0, start - PART_LOOKBACK),
-    countFrom: start,
-    to: k + 1 < starts.length ? starts[k + 1] : null,
-  }));
-  const others = jobs.slice(1).map(scanPartInWorker);
-  others.forEach((result) => result.catch(() => {})); // awaited below, in order
-  scanPart(jobs[0], tally, new Map());
-  for (const result of others) {
-    const { tally: sent, firstTries } = await result;
-    joinTally(tally, sent, firstTries);
+    for (const { worker } of readers) worker.terminate();
   }
 }
 
@@ -5950,15 +6031,6 @@ export async function main(
   }
 }
 
-if (!isMainThread && workerData?.sipcheckPart) {
-  // A worker thread of scanFile: read one part of a log and send the tally back.
-  const tally = newTally();
-  const firstTries = new Map<string, FirstTries>();
-  scanPart(workerData.sipcheckPart as PartJob, tally, firstTries);
-  const counts = tally.counts.handOver();
-  const lastTries = tally.lastTries.handOver();
-  const result: PartResult = { tally: { ...tally, counts, lastTries }, firstTries };
-  const buffers = [counts, lastTries].flatMap((c) => [c.keys, c.values, c.kinds, c.words])
-    .map((array) => array.buffer as ArrayBuffer);
-  parentPort?.postMessage(result, buffers);
+if (!isMainThread && workerData?.sipcheckReader) {
+  readerThread(workerData.sipcheckReader);
 } else if (import.meta.main) process.exitCode = await main(process.argv.slice(2));

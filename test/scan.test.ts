@@ -267,30 +267,38 @@ describe("reading a log in parts (several cores at once)", () => {
 });
 
 describe("scanFile: one file read by worker threads at once", () => {
-  test(
-    "gives the tally of one reading, across open heads, tries runs and a generated log",
-    { skip: availableParallelism() < 2 && "one core here: the file would be read by one thread" },
-    async () => {
-      const dir = mkdtempSync(join(tmpdir(), "sipcheck-parts-"));
-      try {
-        const generated = join(dir, "generated.log");
-        writeLogFile(generated, { lines: 30_000, seed: 3 });
-        const text = readFileSync(fixture("open-heads.log"), "latin1") +
-          [5, 6, 7].map((n) => TRIES("203.0.113.60", n)).join("") +
-          readFileSync(generated, "latin1") + [8, 9].map((n) => TRIES("203.0.113.60", n)).join("") +
-          readFileSync(fixture("messages.log"), "latin1");
-        const path = join(dir, "all.log");
-        writeFileSync(path, Buffer.from(text, "latin1"));
-        const threaded = newTally();
-        await scanFile(path, threaded, 256 << 10); // parts of 256 KiB or more: one per core
-        const whole = scanString(text);
-        assert.ok(whole.failures > 5000 && whole.openHeads > 0, "the log holds what is tested");
-        assert.deepEqual(plain(threaded), plain(whole));
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    },
-  );
+  const cases = [
+    { name: "a worker thread takes over the second half", waitForReaders: true },
+    { name: "whatever the worker threads took over, or not", waitForReaders: false },
+  ];
+  for (const { name, waitForReaders } of cases) {
+    test(
+      `gives the tally of one reading, across open heads, tries runs and a generated log (${name})`,
+      { skip: availableParallelism() < 2 && "one core here: the file would be read by one thread" },
+      async () => {
+        const dir = mkdtempSync(join(tmpdir(), "sipcheck-parts-"));
+        try {
+          const generated = join(dir, "generated.log");
+          writeLogFile(generated, { lines: 30_000, seed: 3 });
+          const text = readFileSync(fixture("open-heads.log"), "latin1") +
+            [5, 6, 7].map((n) => TRIES("203.0.113.60", n)).join("") +
+            readFileSync(generated, "latin1") + [8, 9].map((n) =>
+              TRIES("203.0.113.60", n)
+            ).join("") +
+            readFileSync(fixture("messages.log"), "latin1");
+          const path = join(dir, "all.log");
+          writeFileSync(path, Buffer.from(text, "latin1"));
+          const threaded = newTally();
+          await scanFile(path, threaded, { parallelMin: 0, splitMin: 0, waitForReaders });
+          const whole = scanString(text);
+          assert.ok(whole.failures > 5000 && whole.openHeads > 0, "the log holds what is tested");
+          assert.deepEqual(plain(threaded), plain(whole));
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
+      },
+    );
+  }
 });
 
 describe("records cut by a caller's line feeds (line-feed-forgeries.log)", () => {
