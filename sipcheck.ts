@@ -2616,6 +2616,17 @@ function readerThread({ path, slot, states, bounds }: ReaderData): void {
   parentPort?.postMessage(result, buffers);
 }
 
+/**
+ * Whether worker threads can run this file. Under Deno a worker reads the file it runs, which
+ * needs `--allow-read` for it (not needed to run it in the first place); without that, the log is
+ * read by this thread alone rather than by a worker that fails to start.
+ */
+function mayStartReaders(): boolean {
+  if (deno === undefined) return true;
+  const self = new URL(import.meta.url);
+  return deno.permissions.querySync({ name: "read", path: self }).state === "granted";
+}
+
 /** How {@link scanFile} reads a large file; the defaults are for use, other values for tests. */
 export interface ScanFileOptions {
   /** Files at least this large are read on every core at once (default PARALLEL_MIN). */
@@ -2643,7 +2654,9 @@ export async function scanFile(
   const readers: Reader[] = [];
   try {
     const size = fstatSync(fd).size;
-    const count = size < parallelMin ? 0 : Math.min(PARALLEL_MAX, availableParallelism()) - 1;
+    const count = size < parallelMin || !mayStartReaders()
+      ? 0
+      : Math.min(PARALLEL_MAX, availableParallelism()) - 1;
     const states = new Int32Array(new SharedArrayBuffer(4 * count));
     const bounds = new Float64Array(new SharedArrayBuffer(16 * count));
     for (let slot = 0; slot < count; slot++) {

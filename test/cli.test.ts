@@ -261,6 +261,26 @@ describe(
           "(add it to --allow-read)\n",
       );
     });
+    test("a large log is read on every core when the file may read itself, else by one thread", () => {
+      // A worker thread runs the file it is in, which Deno lets it read only with --allow-read for
+      // that file; without it sipcheck reads on alone, with the same counts and nothing on stderr.
+      const log = file("parallel.log", readFileSync(fixture("messages.log")));
+      const script = file(
+        "scan-parts.ts",
+        `import { newTally, scanFile } from ${JSON.stringify(SIPCHECK)};\n` +
+          "const tally = newTally();\n" +
+          `await scanFile(${JSON.stringify(log)}, tally, ` +
+          "{ parallelMin: 0, splitMin: 0, waitForReaders: Deno.args[0] === 'wait' });\n" +
+          "console.log(JSON.stringify({ lines: tally.lines, counts: [...tally.counts] }));\n",
+      );
+      const deno = Deno.execPath();
+      const alone = run([deno, "run", `-R=${log}`, "-S", script]);
+      const threads = run([deno, "run", `-R=${log},${SIPCHECK}`, "-S", script, "wait"]);
+      assert.equal(alone.stderr, "");
+      assert.equal(threads.stderr, "");
+      assert.deepEqual(JSON.parse(alone.stdout), JSON.parse(threads.stdout));
+      assert.ok(JSON.parse(alone.stdout).counts.length > 3, "the log holds what is tested");
+    });
     test("a bare name is looked up in /var/log/asterisk", () => {
       const ran = run(cliCommand(["-n", "no-such-log-here"], flags));
       assert.equal(ran.code, 66);
