@@ -259,6 +259,12 @@ export interface Deps {
  */
 export type AddressForm = "bare" | "sockaddr" | "srcname";
 
+const CHAR_SPACE = 32;
+const CHAR_PERCENT = 37;
+const CHAR_QUOTE = 39;
+const CHAR_LESS_THAN = 60;
+const CHAR_CLOSE_BRACKET = 93;
+
 /** The first `char` (a character code) in s[from, end), or -1. Unlike `s.indexOf`, it does not
  * search on through the lines after `end` when the line lacks it. */
 function indexIn(s: string, char: number, from: number, end: number): number {
@@ -302,7 +308,7 @@ function readAddress(s: string, start: number, end: number, form: AddressForm): 
   }
   let hostEnd = end;
   if (s.charCodeAt(start) === 91 /* [ */) {
-    const close = indexIn(s, 93, /* ] */ start, end);
+    const close = indexIn(s, CHAR_CLOSE_BRACKET, start, end);
     if (form === "bare" || close === -1 || !isPortSuffix(s, close + 1, end)) {
       return null;
     }
@@ -367,6 +373,7 @@ function ipv4Text(number: number): string {
  */
 const lastAddress = { text: null as string | null, ipv6: false, w0: 0, w1: 0, w2: 0, w3: 0 };
 
+/** Remembers the IPv4 address `number`, written as `text`. */
 function rememberIPv4(text: string, number: number): string {
   lastAddress.text = text;
   lastAddress.ipv6 = false;
@@ -405,7 +412,7 @@ function rememberCanonical(text: string): boolean {
 /** The IPv6 host (no port, no brackets, maybe a zone) at s[start, end) normalised, or null if
  * it is not one. */
 function readIPv6Host(s: string, start: number, end: number): string | null {
-  const zone = indexIn(s, 37, /* % */ start, end);
+  const zone = indexIn(s, CHAR_PERCENT, start, end);
   if (zone !== -1) end = zone;
   if (!readIPv6(s, start, end)) return null;
   const g = IPV6_GROUPS;
@@ -661,11 +668,7 @@ function levelStartingWith(c: number): string | undefined {
 }
 
 /** A prefix that is well formed but names a level or file sipcheck does not read. */
-const IRRELEVANT: Prefix = Object.freeze({
-  level: "",
-  source: { file: "", families: [], bodyStarts: null },
-  body: 0,
-});
+const IRRELEVANT: Prefix = Object.freeze({ level: "", source: source("", null, []), body: 0 });
 
 /** The level written at s[start, end) if it is one sipcheck reads, or `""`. */
 function levelAt(s: string, start: number, end: number): string {
@@ -1121,7 +1124,7 @@ function endOfFrom(s: string, start: number, end: number): number {
  * (`"[^:<\r\n]*" <uri>`); -1 if there is no such field at s[start, end). */
 function endOfUnquotedFrom(s: string, start: number, end: number): number {
   if (s.charCodeAt(start) !== 34 /* " */) return -1;
-  const angle = indexIn(s, 60, /* < */ start + 1, end);
+  const angle = indexIn(s, CHAR_LESS_THAN, start + 1, end);
   if (angle === -1 || angle < start + 3 || !s.startsWith('" ', angle - 2)) {
     return -1;
   }
@@ -1148,7 +1151,7 @@ function endOfUri(s: string, start: number, end: number): number {
 function pjsipAddressAfter(s: string, fromEnd: number, end: number): string | null | undefined {
   if (fromEnd === -1 || !s.startsWith("' failed for '", fromEnd)) return undefined;
   const addressStart = fromEnd + 14;
-  const addressEnd = indexIn(s, 39, /* ' */ addressStart, end);
+  const addressEnd = indexIn(s, CHAR_QUOTE, addressStart, end);
   if (addressEnd === -1 || !s.startsWith("' (callid: ", addressEnd)) {
     return undefined;
   }
@@ -1160,7 +1163,7 @@ function pjsipAddressAfter(s: string, fromEnd: number, end: number): string | nu
 function pjsipFromStart(s: string, start: number, end: number): number {
   if (s.startsWith("Request from '", start)) return start + 14;
   if (!s.startsWith("Request '", start)) return -1;
-  const space = indexIn(s, 32, /* space */ start + 9, end);
+  const space = indexIn(s, CHAR_SPACE, start + 9, end);
   if (
     space === -1 || space < start + 11 || s.charCodeAt(space - 1) !== 39 ||
     !s.startsWith("from '", space + 1)
@@ -2534,7 +2537,10 @@ function scanPart(
 ): void {
   const offset = Math.max(0, countFrom - PART_LOOKBACK);
   const scanner = createScanner(tally, undefined, { offset, countFrom, firstTries });
-  for (let position = offset, end; position < (end = to(position));) {
+  let position = offset;
+  for (;;) {
+    const end = to(position);
+    if (position >= end) break;
     const n = scanner.readFrom(fd, position, end - position);
     if (n === 0) break;
     position += n;

@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, test } from "node:test";
+import { after, describe, test } from "node:test";
 import { isDeepStrictEqual } from "node:util";
 import {
   addFailure,
@@ -217,12 +217,12 @@ describe("reading a log in parts (several cores at once)", () => {
       scanner.write(bytes.subarray(part.offset, starts[k + 1] ?? bytes.length));
       scanner.end();
       // Every other part is joined as a worker thread sends it: its counts as typed arrays.
-      const sent = {
-        ...tally,
-        counts: tally.counts.snapshot(),
-        lastTries: tally.lastTries.snapshot(),
-      };
-      if (k > 0) joinTally(total, k % 2 === 0 ? tally : sent, part.firstTries);
+      const sent = (t: Tally) => ({
+        ...t,
+        counts: t.counts.snapshot(),
+        lastTries: t.lastTries.snapshot(),
+      });
+      if (k > 0) joinTally(total, k % 2 === 0 ? tally : sent(tally), part.firstTries);
     });
     return total;
   }
@@ -267,6 +267,18 @@ describe("reading a log in parts (several cores at once)", () => {
 });
 
 describe("scanFile: one file read by worker threads at once", () => {
+  const skip = availableParallelism() < 2 && "one core here: the file would be read by one thread";
+  const dir = mkdtempSync(join(tmpdir(), "sipcheck-parts-"));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const generated = join(dir, "generated.log");
+  writeLogFile(generated, { lines: 30_000, seed: 3 });
+  const text = readFileSync(fixture("open-heads.log"), "latin1") +
+    [5, 6, 7].map((n) => TRIES("203.0.113.60", n)).join("") +
+    readFileSync(generated, "latin1") + [8, 9].map((n) => TRIES("203.0.113.60", n)).join("") +
+    readFileSync(fixture("messages.log"), "latin1");
+  const path = join(dir, "all.log");
+  writeFileSync(path, Buffer.from(text, "latin1"));
+  const whole = scanString(text);
   const cases = [
     { name: "a worker thread takes over the second half", waitForReaders: true },
     { name: "whatever the worker threads took over, or not", waitForReaders: false },
@@ -274,28 +286,12 @@ describe("scanFile: one file read by worker threads at once", () => {
   for (const { name, waitForReaders } of cases) {
     test(
       `gives the tally of one reading, across open heads, tries runs and a generated log (${name})`,
-      { skip: availableParallelism() < 2 && "one core here: the file would be read by one thread" },
+      { skip },
       async () => {
-        const dir = mkdtempSync(join(tmpdir(), "sipcheck-parts-"));
-        try {
-          const generated = join(dir, "generated.log");
-          writeLogFile(generated, { lines: 30_000, seed: 3 });
-          const text = readFileSync(fixture("open-heads.log"), "latin1") +
-            [5, 6, 7].map((n) => TRIES("203.0.113.60", n)).join("") +
-            readFileSync(generated, "latin1") + [8, 9].map((n) =>
-              TRIES("203.0.113.60", n)
-            ).join("") +
-            readFileSync(fixture("messages.log"), "latin1");
-          const path = join(dir, "all.log");
-          writeFileSync(path, Buffer.from(text, "latin1"));
-          const threaded = newTally();
-          await scanFile(path, threaded, { parallelMin: 0, splitMin: 0, waitForReaders });
-          const whole = scanString(text);
-          assert.ok(whole.failures > 5000 && whole.openHeads > 0, "the log holds what is tested");
-          assert.deepEqual(plain(threaded), plain(whole));
-        } finally {
-          rmSync(dir, { recursive: true, force: true });
-        }
+        const threaded = newTally();
+        await scanFile(path, threaded, { parallelMin: 0, splitMin: 0, waitForReaders });
+        assert.ok(whole.failures > 5000 && whole.openHeads > 0, "the log holds what is tested");
+        assert.deepEqual(plain(threaded), plain(whole));
       },
     );
   }
