@@ -262,6 +262,8 @@ export type AddressForm = "bare" | "sockaddr" | "srcname";
 const CHAR_SPACE = 32;
 const CHAR_PERCENT = 37;
 const CHAR_QUOTE = 39;
+const CHAR_SLASH = 47;
+const CHAR_COLON = 58;
 const CHAR_LESS_THAN = 60;
 const CHAR_CLOSE_BRACKET = 93;
 
@@ -269,6 +271,13 @@ const CHAR_CLOSE_BRACKET = 93;
  * search on through the lines after `end` when the line lacks it. */
 function indexIn(s: string, char: number, from: number, end: number): number {
   for (let i = from; i < end; i++) if (s.charCodeAt(i) === char) return i;
+  return -1;
+}
+
+/** The last `char` (a character code) in s[start, before], or -1. `s.lastIndexOf` would search
+ * back through the lines before `start`, and V8 runs it outside the compiled code. */
+function lastIndexIn(s: string, char: number, before: number, start: number): number {
+  for (let i = before; i >= start; i--) if (s.charCodeAt(i) === char) return i;
   return -1;
 }
 
@@ -316,7 +325,7 @@ function readAddress(s: string, start: number, end: number, form: AddressForm): 
     hostEnd = close;
   } else if (form === "sockaddr") return null; // it brackets IPv6 (and always adds the port)
   else if (form === "srcname") {
-    const lastColon = s.lastIndexOf(":", end - 1);
+    const lastColon = lastIndexIn(s, CHAR_COLON, end - 1, start);
     if (lastColon < start || !isPortSuffix(s, lastColon, end)) return null;
     hostEnd = lastColon;
   }
@@ -687,6 +696,44 @@ function watchedFileAt(s: string, start: number, end: number): Source | null {
 }
 
 /**
+ * What {@link readFilePrefix} last found in `text`: the first `]` at or after `bracketFrom`, and
+ * the first `: ` at or after `colonFrom` (the text's length where there was none). A prefix that
+ * lacks one sends the search on through the lines after it, and a run of such lines (a caller's
+ * line feeds can make one) would be searched again for each of its lines. From any point between
+ * where a search started and what it found, the first one is the same, so the answer serves the
+ * lines in between and every byte is searched once.
+ */
+const prefixMarks = { text: "", bracketFrom: 0, bracket: -1, colonFrom: 0, colonSpace: -1 };
+
+/** Starts {@link prefixMarks} afresh when `s` is not the text they are for. */
+function marksFor(s: string): typeof prefixMarks {
+  const marks = prefixMarks;
+  if (marks.text !== s) {
+    marks.text = s;
+    marks.bracket = marks.colonSpace = -1;
+  }
+  return marks;
+}
+
+/** The first `]` in s at or after `from`, or s.length if there is none. */
+function closeBracketFrom(s: string, from: number): number {
+  const marks = marksFor(s);
+  if (from >= marks.bracketFrom && from <= marks.bracket) return marks.bracket;
+  const at = s.indexOf("]", from);
+  marks.bracketFrom = from;
+  return marks.bracket = at === -1 ? s.length : at;
+}
+
+/** The first `: ` in s at or after `from`, or s.length if there is none. */
+function colonSpaceFrom(s: string, from: number): number {
+  const marks = marksFor(s);
+  if (from >= marks.colonFrom && from <= marks.colonSpace) return marks.colonSpace;
+  const at = s.indexOf(": ", from);
+  marks.colonFrom = from;
+  return marks.colonSpace = at === -1 ? s.length : at;
+}
+
+/**
  * File channels, default formatter, 1.4 – master: `[date] LEVEL[tid][C-xxxxxxxx] file.c: `, that
  * is `/^\[[^\]]*\] [A-Z][A-Z0-9_]* ?\[\d+\](?:\[C-[0-9a-f]{8}\])? (?:[\w./-]+\.c: |Ext\. )/`,
  * read by hand at s[start, end) because every line of a log goes through it. Returns null when
@@ -696,8 +743,8 @@ function watchedFileAt(s: string, start: number, end: number): Source | null {
  */
 function readFilePrefix(s: string, start: number, end: number): Prefix | null {
   if (s.charCodeAt(start) !== 91 /* [ */) return null;
-  const dateEnd = s.indexOf("]", start);
-  if (dateEnd === -1 || dateEnd + 1 >= end || s.charCodeAt(dateEnd + 1) !== 32) return null;
+  const dateEnd = closeBracketFrom(s, start);
+  if (dateEnd + 1 >= end || s.charCodeAt(dateEnd + 1) !== 32) return null;
   let p = dateEnd + 2;
   // Most lines are VERBOSE or DEBUG: one look at the level's first letter settles them.
   const level = levelStartingWith(s.charCodeAt(p));
@@ -716,11 +763,8 @@ function readFilePrefix(s: string, start: number, end: number): Prefix | null {
   if (s.charCodeAt(p) === 69 /* E */ && s.startsWith("Ext. ", p) && p + 5 <= end) {
     return { level, source: DIALPLAN, body: p + 5 };
   }
-  let colon = s.indexOf(":", p); // the first ": "
-  while (colon !== -1 && colon < end && s.charCodeAt(colon + 1) !== 32) {
-    colon = s.indexOf(":", colon + 1);
-  }
-  if (colon === -1 || colon >= end) return null;
+  const colon = colonSpaceFrom(s, p);
+  if (colon >= end) return null;
   const source = watchedFileAt(s, p, colon);
   return source === null ? IRRELEVANT : { level, source, body: colon + 2 };
 }
@@ -1057,13 +1101,13 @@ const sipRegister: Family = {
   levels: NOTICE,
   read(s, start, end) {
     if (!s.startsWith("Registration from '", start)) return null;
-    const dash = s.lastIndexOf("'", end - 4);
+    const dash = lastIndexIn(s, CHAR_QUOTE, end - 4, start);
     if (
       dash < start + 19 || !s.startsWith("' - ", dash) || !isSipRegisterReason(s, dash + 4, end)
     ) {
       return null;
     }
-    const addressStart = s.lastIndexOf("'", dash - 1) + 1;
+    const addressStart = lastIndexIn(s, CHAR_QUOTE, dash - 1, start) + 1;
     if (addressStart - 14 < start + 19 || !s.startsWith("' failed for '", addressStart - 14)) {
       return null;
     }
@@ -1266,8 +1310,8 @@ const securityEvent: Family = {
       if (acl === null) continue;
       if (acl.startsWith("registrar_")) return null;
       // The value ends `/address/port"`, and an address holds no `/`.
-      const addressEnd = body.lastIndexOf("/", valueEnd - 2);
-      const addressStart = body.lastIndexOf("/", addressEnd - 1) + 1;
+      const addressEnd = lastIndexIn(body, CHAR_SLASH, valueEnd - 2, 0);
+      const addressStart = lastIndexIn(body, CHAR_SLASH, addressEnd - 1, 0) + 1;
       const candidate = readAddress(body, addressStart, addressEnd, "bare");
       if (address !== undefined && candidate !== address) ambiguous = true;
       address = candidate;

@@ -20,6 +20,7 @@ import {
   MAX_LINE,
   newTally,
   OPEN_HEAD_WINDOW,
+  parseLine,
   PART_LOOKBACK,
   scanFile,
   scanString,
@@ -189,6 +190,33 @@ describe("lines and bytes", () => {
     const tally = scanString(log);
     assert.equal(tally.lines, 20 * 1001);
     assert.equal(tally.counts.get("203.0.113.9"), 20);
+  });
+});
+
+describe("prefixes that lack their `]` or `: ` (searches that run on into the next lines)", () => {
+  const pieces = [
+    () => "[" + "x".repeat(30),
+    () => "[x] NOTICE[1] " + "y".repeat(30),
+    () => "[x] NOTICE[1] chan_sip.c:",
+    () => "[2026-11-25 08:00:00.001] NOTICE[2210]",
+    () => "]: ] : :",
+    () => BENIGN.trimEnd(),
+    () => REGISTER("203.0.113.7").trimEnd(),
+    () => REGISTER("203.0.113.8").trimEnd().replace("[2026-11-25 08:00:00.001]", "[a: b]"),
+  ];
+  test("a scan counts what reading each line alone counts, in any order of such lines", () => {
+    let seed = 7;
+    const next = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 16;
+    for (let round = 0; round < 200; round++) {
+      const lines = Array.from({ length: 1 + next() % 60 }, () => pieces[next() % pieces.length]());
+      const expected = new Map<string, number>();
+      for (const line of lines) {
+        const address = parseLine(line)?.address;
+        if (address) expected.set(address, (expected.get(address) ?? 0) + 1);
+      }
+      const tally = scanString(lines.join("\n") + "\n");
+      assert.deepEqual(new Map(tally.counts), expected, lines.join("\n"));
+    }
   });
 });
 
