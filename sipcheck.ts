@@ -2542,6 +2542,8 @@ export function defaultLog(exists: (path: string) => boolean = pathExists): stri
 export const PARALLEL_MIN = 128 << 20;
 /** The least a worker thread takes over: a smaller rest is read where it is. */
 const SPLIT_MIN = 16 << 20;
+/** The least this thread takes back from the end of a worker's part once its own is read. */
+const STEAL_MIN = 4 << 20;
 /** Threads that read one file at most. */
 const PARALLEL_MAX = 4;
 /** The young generation of each reading thread, in MB (V8's default grows to 16 MB or more). */
@@ -2552,6 +2554,20 @@ const STARTING = 0;
 const READY = 1; // started, waiting for its part
 const ASSIGNED = 2; // its part is in the bounds array
 const UNNEEDED = 3; // there is nothing left for it: it ends
+
+/** Per slot in the bounds array: where the part starts, where it ends, and how far its thread
+ * may have read (the end moves down when this thread takes back what is left of it). */
+const BOUNDS = 3;
+
+/** Takes the lock of `slot` (the threads hold it only to read or move a part's end). */
+function lock(locks: Int32Array, slot: number): void {
+  while (Atomics.compareExchange(locks, slot, 0, 1) !== 0) Atomics.wait(locks, slot, 1, 1);
+}
+
+function unlock(locks: Int32Array, slot: number): void {
+  Atomics.store(locks, slot, 0);
+  Atomics.notify(locks, slot);
+}
 
 /** Where the line that holds byte `position` of an open file ends (after its line feed), or `end`
  * if that comes first. */
@@ -2585,7 +2601,7 @@ function scanPart(
   for (;;) {
     const end = to(position);
     if (position >= end) break;
-    const n = scanner.readFrom(fd, position, end - position);
+    const n = scanner.readFrom(fd, position, Math.min(READ_SIZE, end - position));
     if (n === 0) break;
     position += n;
   }
@@ -2600,12 +2616,13 @@ interface PartResult {
   firstTries: Map<string, FirstTries>;
 }
 
-/** What a worker thread is given; `states` and `bounds` are shared by all the threads. */
+/** What a worker thread is given; `states`, `locks` and `bounds` are shared by all the threads. */
 interface ReaderData {
   path: string;
   slot: number;
   states: Int32Array;
-  /** Per slot, where the part starts and ends, once it is ASSIGNED. */
+  locks: Int32Array;
+  /** Per slot, once it is ASSIGNED: its part (see {@link BOUNDS}). */
   bounds: Float64Array;
 }
 
@@ -2644,17 +2661,26 @@ function startReader(data: ReaderData): Reader {
 
 /** A worker thread of {@link scanFile}: says it is ready, waits for a part, reads it and sends
  * its tally back. */
-function readerThread({ path, slot, states, bounds }: ReaderData): void {
+function readerThread({ path, slot, states, locks, bounds }: ReaderData): void {
   if (Atomics.compareExchange(states, slot, STARTING, READY) !== STARTING) return;
   parentPort?.postMessage("ready");
   Atomics.wait(states, slot, READY);
   if (Atomics.load(states, slot) !== ASSIGNED) return;
-  const [countFrom, to] = [bounds[2 * slot], bounds[2 * slot + 1]];
+  const countFrom = bounds[BOUNDS * slot];
+  /** The end of the part, and how far the next read may go, under the lock: the end may have
+   * moved down to a point the part has not reached. */
+  const claim = (position: number) => {
+    lock(locks, slot);
+    const to = bounds[BOUNDS * slot + 1];
+    bounds[BOUNDS * slot + 2] = Math.min(to, position + READ_SIZE);
+    unlock(locks, slot);
+    return to;
+  };
   const tally = newTally();
   const firstTries = new Map<string, FirstTries>();
   const fd = openSync(path, "r");
   try {
-    scanPart(fd, countFrom, () => to, tally, firstTries);
+    scanPart(fd, countFrom, claim, tally, firstTries);
   } finally {
     closeSync(fd);
   }
@@ -2683,6 +2709,12 @@ export interface ScanFileOptions {
   parallelMin?: number;
   /** The least a worker thread takes over (default SPLIT_MIN). */
   splitMin?: number;
+  /** The least this thread takes back from a worker's part (default STEAL_MIN). */
+  stealMin?: number;
+  /** The share of what is left that a worker thread takes over (default a half). */
+  share?: number;
+  /** Called with each piece this thread takes back from a worker, `[start, end)`. */
+  onTakeBack?: (start: number, end: number) => void;
   /** Wait until the worker threads have started before reading anything. */
   waitForReaders?: boolean;
 }
@@ -2691,14 +2723,22 @@ export interface ScanFileOptions {
  * Scans a file into `tally`; throws on open or read errors. A large file is read on every core
  * at once: this thread reads from the start, and each worker thread, once it has started, takes
  * over the second half of what this thread has left to read, cut at a line feed (so a thread that
- * needs long to start costs nothing but its share). The parts' tallies are joined exactly (see
+ * needs long to start costs nothing but its share). When this thread is done, it takes back the
+ * second half of what a worker has left, again and again while there is enough, so that a slower
+ * thread does not keep the others waiting. The parts' tallies are joined exactly (see
  * {@link ScanPart}).
  */
 export async function scanFile(
   path: string,
   tally: Tally,
-  { parallelMin = PARALLEL_MIN, splitMin = SPLIT_MIN, waitForReaders = false }: ScanFileOptions =
-    {},
+  {
+    parallelMin = PARALLEL_MIN,
+    splitMin = SPLIT_MIN,
+    stealMin = STEAL_MIN,
+    share = 0.5,
+    waitForReaders = false,
+    onTakeBack,
+  }: ScanFileOptions = {},
 ): Promise<void> {
   const fd = openSync(path, "r");
   const readers: Reader[] = [];
@@ -2708,22 +2748,22 @@ export async function scanFile(
       ? 0
       : Math.min(PARALLEL_MAX, availableParallelism()) - 1;
     const states = new Int32Array(new SharedArrayBuffer(4 * count));
-    const bounds = new Float64Array(new SharedArrayBuffer(16 * count));
+    const locks = new Int32Array(new SharedArrayBuffer(4 * count));
+    const bounds = new Float64Array(new SharedArrayBuffer(8 * BOUNDS * count));
     for (let slot = 0; slot < count; slot++) {
-      readers.push(startReader({ path, slot, states, bounds }));
+      readers.push(startReader({ path, slot, states, locks, bounds }));
     }
     if (waitForReaders) await Promise.all(readers.map(({ ready }) => ready));
     let to = size; // where this thread's part ends: readers take over what comes after
-    /** Gives each reader that is ready the second half of what is left from `position`. */
+    /** Gives each reader that is ready its share of what is left from `position`. */
     const handOut = (position: number) => {
       for (let slot = 0; slot < count; slot++) {
         if (Atomics.load(states, slot) !== READY) continue;
         const split = to - position < 2 * splitMin
           ? to
-          : nextLineStart(fd, position + Math.floor((to - position) / 2), to);
+          : nextLineStart(fd, position + Math.floor((to - position) * (1 - share)), to);
         if (split === to) continue; // too little left: another thread could not help
-        bounds[2 * slot] = split;
-        bounds[2 * slot + 1] = to;
+        bounds.set([split, to, split], BOUNDS * slot);
         to = split;
         Atomics.store(states, slot, ASSIGNED);
         Atomics.notify(states, slot);
@@ -2738,13 +2778,51 @@ export async function scanFile(
       Atomics.notify(states, slot);
     }
     const assigned = readers.filter((_, slot) => Atomics.load(states, slot) === ASSIGNED);
-    const parts = await Promise.all(assigned.map(({ result }) => result));
+    // Then this thread takes back the second half of what a worker has left, while there is
+    // enough of it: a worker that started late or reads slowly does not keep the others waiting.
+    const taken: PartResult[] = [];
+    for (let slot = 0; slot < count; slot++) {
+      for (let part; (part = takeBack(fd, locks, bounds, slot, stealMin)) !== null;) {
+        const [countFrom, end] = part;
+        onTakeBack?.(countFrom, end);
+        const result = { countFrom, tally: newTally(), firstTries: new Map<string, FirstTries>() };
+        scanPart(fd, countFrom, () => end, result.tally, result.firstTries);
+        taken.push(result);
+      }
+    }
+    const parts = [...await Promise.all(assigned.map(({ result }) => result)), ...taken];
     for (const { tally: part, firstTries } of parts.sort((a, b) => a.countFrom - b.countFrom)) {
       joinTally(tally, part, firstTries);
     }
   } finally {
     closeSync(fd);
     for (const { worker } of readers) worker.terminate();
+  }
+}
+
+/**
+ * Moves the end of the part of the worker in `slot` down to a line start about halfway between
+ * how far it may have read and its end, and returns what it gave up, `[start, end]`; null when
+ * less than twice `least` is left (or the slot never had a part: its bounds are zeros).
+ */
+function takeBack(
+  fd: number,
+  locks: Int32Array,
+  bounds: Float64Array,
+  slot: number,
+  least: number,
+): [number, number] | null {
+  lock(locks, slot);
+  try {
+    const to = bounds[BOUNDS * slot + 1];
+    const reached = bounds[BOUNDS * slot + 2];
+    if (to - reached < Math.max(2 * least, 1)) return null;
+    const cut = nextLineStart(fd, reached + Math.floor((to - reached) / 2), to);
+    if (cut >= to) return null;
+    bounds[BOUNDS * slot + 1] = cut;
+    return [cut, to];
+  } finally {
+    unlock(locks, slot);
   }
 }
 

@@ -311,6 +311,25 @@ describe("scanFile: one file read by worker threads at once", () => {
     { name: "a worker thread takes over the second half", waitForReaders: true },
     { name: "whatever the worker threads took over, or not", waitForReaders: false },
   ];
+  test(
+    "gives the tally of one reading when this thread takes back piece after piece",
+    { skip },
+    async () => {
+      const threaded = newTally();
+      const taken: [number, number][] = [];
+      await scanFile(path, threaded, {
+        parallelMin: 0,
+        splitMin: 0,
+        stealMin: 0,
+        share: 0.99,
+        waitForReaders: true,
+        onTakeBack: (start, end) => taken.push([start, end]),
+      });
+      assert.ok(taken.length > 0, "this thread took something back");
+      for (const [start] of taken) assert.equal(text.charCodeAt(start - 1), 10, "at a line start");
+      assert.deepEqual(plain(threaded), plain(whole));
+    },
+  );
   for (const { name, waitForReaders } of cases) {
     test(
       `gives the tally of one reading, across open heads, tries runs and a generated log (${name})`,
