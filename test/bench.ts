@@ -8,6 +8,7 @@
  *   --lines N        lines in the main log (default 10,000,000, about 1.7 GB)
  *   --distinct N     addresses in the distinct-addresses log (default 1,000,000)
  *   --long-mb N      size of the single long line in MiB (default 100)
+ *   --hostile-mb N   size of each hostile-lines log in MB (default 50; 0 skips them)
  *   --offenders N    offenders for the firewall part, half IPv4, half IPv6 (default 10,000)
  *   --sample N       bans timed for the one-iptables-per-ban baseline (default 1,000)
  *   --runs N         timed runs per measurement; the best is reported (default 3)
@@ -46,6 +47,11 @@
  *    start-up parts (start-up has NODE_COMPILE_CACHE rows of its own). A NODE_COMPILE_CACHE or
  *    NODE_DISABLE_COMPILE_CACHE in the bench's own environment is removed for every child, so
  *    the plain Node rows run without a compile cache.
+ *    Hostile lines: for each shape of loggen.ts's HOSTILE_SHAPES (lines an attacker can make
+ *    Asterisk write that are costly to read; none counts), a log of `--hostile-mb` MB of it alone,
+ *    timed like the main log (grep and the runtimes in turn) and checked the same way (no address,
+ *    every line). Such a log is below the size read by several threads, so it shows what one
+ *    thread reads per second at worst.
  * 3. Peak RSS: with `/usr/bin/time -f %M` (GNU time; the child's ru_maxrss) when present, else by
  *    polling `VmHWM` in `/proc/<pid>/status` every 10 ms while the child runs (VmHWM is the
  *    high-water mark, so the last reading before exit is the peak). Wall time is measured around
@@ -97,7 +103,13 @@ import { cpus, release, tmpdir, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
-import { distinctLinesNeeded, writeLogFile, writeLongLineFile } from "./loggen.ts";
+import {
+  distinctLinesNeeded,
+  HOSTILE_SHAPES,
+  writeHostileFile,
+  writeLogFile,
+  writeLongLineFile,
+} from "./loggen.ts";
 import type { LogOptions, WrittenLog } from "./loggen.ts";
 import type { Runner } from "../sipcheck.ts";
 
@@ -131,6 +143,7 @@ function parseOptions(argv: string[]) {
     lines: 10_000_000,
     distinct: 1_000_000,
     longMb: 100,
+    hostileMb: 50,
     offenders: 10_000,
     sample: 1_000,
     runs: 3,
@@ -154,6 +167,7 @@ function parseOptions(argv: string[]) {
     if (a === "--lines") o.lines = num();
     else if (a === "--distinct") o.distinct = num();
     else if (a === "--long-mb") o.longMb = num();
+    else if (a === "--hostile-mb") o.hostileMb = num();
     else if (a === "--offenders") o.offenders = num();
     else if (a === "--sample") o.sample = num();
     else if (a === "--runs") o.runs = Math.max(1, num());
@@ -1344,6 +1358,35 @@ async function main(): Promise<number> {
     say();
   }
 
+  // 3b. Hostile lines, one shape per log.
+  const hostile: { shape: string; mb: number; grep: Best; scans: Best[] }[] = [];
+  if (o.hostileMb > 0) {
+    for (const shape of Object.keys(HOSTILE_SHAPES)) {
+      const log = generate(
+        `hostile lines, ${shape}`,
+        () => writeHostileFile(join(dir, "messages-hostile.log"), shape, o.hostileMb * 1e6),
+      );
+      const [grep, ...scans] = await bestInTurn(o.runs, [
+        { cmd: "grep", args: ["-cE", GREP_PATTERN, log.path], outFile: grepOut },
+        ...runtimes.map((rt) => {
+          const outFile = join(dir, `out-${rt.name}.json`);
+          return {
+            cmd: rt.cmd,
+            args: [...rt.scan, "--dry-run", "--json", log.path],
+            outFile,
+            check: (m: Measured) =>
+              checkReport(`hostile lines (${shape}), ${rt.label}`, m, outFile, log),
+          };
+        }),
+      ]);
+      hostile.push({ shape, mb: log.bytes / 1e6, grep, scans });
+      for (const rt of runtimes) rmSync(join(dir, `out-${rt.name}.json`), { force: true });
+      rmSync(log.path, { force: true });
+    }
+    rmSync(grepOut, { force: true });
+    say();
+  }
+
   // 4. Firewall.
   const fw: FirewallResult[] = [];
   let baseline: { n: number; addMs: number; checkMs: number } | null = null;
@@ -1503,6 +1546,22 @@ async function main(): Promise<number> {
     );
   }
   say();
+  if (hostile.length) {
+    const mbps = (b: Best, mb: number) => `${(mb / (b.ms / 1000)).toFixed(0)} MB/s`;
+    say(
+      `Hostile lines: ${o.hostileMb} MB of each shape alone (test/loggen.ts HOSTILE_SHAPES; ` +
+        `none counts, and every report was checked), read by one thread; MB/s over the whole ` +
+        `run, start-up included, and the time against grep's on the same log.`,
+    );
+    say();
+    say(`| Shape | grep -cE | ${runtimes.map((rt) => `sipcheck, ${rt.label}`).join(" | ")} |`);
+    say(`|---|--:|${runtimes.map(() => "--:").join("|")}|`);
+    for (const h of hostile) {
+      const cells = h.scans.map((b) => `${mbps(b, h.mb)} (${(b.ms / h.grep.ms).toFixed(1)}×)`);
+      say(`| ${h.shape} | ${mbps(h.grep, h.mb)} | ${cells.join(" | ")} |`);
+    }
+    say();
+  }
   if (fw.length) {
     const n = o.offenders, b = baseline;
     const per = b ? (ms: number) => fmtSec((ms / b.n) * n) : () => "n/a";

@@ -416,6 +416,72 @@ export function writeLogFile(path: string, opts: LogOptions): WrittenLog {
 }
 
 /**
+ * Lines an attacker can make Asterisk write that are costly to read, none of which counts
+ * (shared/asterisk-log-formats.md §4.1 says which fields carry what, §4.3 how a line feed in a
+ * field starts a line whose content the attacker chooses). `i` varies the lengths.
+ */
+export const HOSTILE_SHAPES: Record<string, (i: number) => string> = {
+  /** Forged lines (a line feed in a chan_sip call's extension) that open a date and never close
+   * it: a reader that looks for the `]` from each of them searches on through the ones after. */
+  "unclosed bracket": (i) => "[" + "x".repeat(40 + (i % 20)),
+  /** Forged lines with a level but no `file.c: `, which the file name is searched for. */
+  "prefix without file": (i) => "[x] NOTICE[1] " + "y".repeat(40 + (i % 20)),
+  /** chan_sip REGISTER security events cut by a line feed in the AccountID (about 250 bytes):
+   * no SessionID or RemoteAddress follows, and each line opens a window. */
+  "security event cut short": (i) =>
+    `[2026-11-25 00:00:00.292] SECURITY[2628] res_security_log.c: ` +
+    `SecurityEvent="InvalidPassword",EventTV="2026-11-25T00:00:00.292+0000",Severity="Error",` +
+    `Service="SIP",EventVersion="2",AccountID="${"a".repeat(150 + (i % 100))}`,
+  /** PJSIP requests whose quoted From display (255 bytes at most) is all escapes and quotes. */
+  "PJSIP display of quotes": (i) =>
+    `[2026-11-25 00:00:00.026] NOTICE[1305] res_pjsip/pjsip_distributor.c: Request 'REGISTER' ` +
+    `from '"${`\\"'`.repeat(60 + (i % 20))}" <sip:x@y>' failed for '${"'".repeat(40)}`,
+  /** chan_sip registrations whose To header (a whole packet) is hundreds of `'`. */
+  "registration of quotes": (i) =>
+    `[2026-11-25 00:00:00.168] NOTICE[1336] chan_sip.c: Registration from ` +
+    `'${"'".repeat(200 + (i % 50))}' failed for '198.51.100.7:5060' - Wrong password x`,
+  /** Forged syslog lines that pass the located prefix up to the file, which is not watched. */
+  "syslog near miss": (i) =>
+    `Nov 25 00:00:00 pbx asterisk[123]: NOTICE[1]: chan_sipx.c:${i} handle_request: ` +
+    "z".repeat(50),
+  /** Registrations just under the longest line read (8000 bytes), `' ` over and over. */
+  "longest lines of quotes": (i) =>
+    `[2026-11-25 00:00:00.168] NOTICE[1336] chan_sip.c: Registration from '` +
+    "' ".repeat(3900 + (i % 10)),
+};
+
+/** The text of about `bytes` bytes of lines of `shape` (see {@link HOSTILE_SHAPES}). */
+export function hostileText(shape: string, bytes: number): { text: string; lines: number } {
+  const make = HOSTILE_SHAPES[shape];
+  const lines: string[] = [];
+  let size = 0;
+  for (let i = 0; size < bytes; i++) {
+    const line = make(i) + "\n";
+    lines.push(line);
+    size += line.length;
+  }
+  return { text: lines.join(""), lines: lines.length };
+}
+
+/** Writes about `bytes` bytes of lines of `shape`; none of them counts. */
+export function writeHostileFile(path: string, shape: string, bytes: number): WrittenLog {
+  const fd = openSync(path, "w");
+  try {
+    let lines = 0, written = 0;
+    for (let left = bytes; left > 0;) {
+      const piece = hostileText(shape, Math.min(left, 1 << 20));
+      writeAll(fd, piece.text);
+      lines += piece.lines;
+      written += piece.text.length;
+      left -= piece.text.length;
+    }
+    return { path, expected: new Map(), lines, bytes: written, failures: 0, countedLines: 0 };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
  * Writes a file that starts with one line of `longBytes` bytes (no LF inside it; it carries no
  * prefix and no address), then 16 KiB of benign lines, then a normal generated log of
  * `opts.lines` lines. The expected counts are those of the normal part.

@@ -29,7 +29,7 @@ import {
 } from "../sipcheck.ts";
 import process from "node:process";
 import { fixture } from "./helpers.ts";
-import { writeLogFile } from "./loggen.ts";
+import { HOSTILE_SHAPES, hostileText, writeLogFile } from "./loggen.ts";
 
 /** `# expect-total: ADDRESS N` and `# expect-NAME: N` lines of a fixture. */
 function expectations(text: string): { totals: Map<string, number>; values: Map<string, number> } {
@@ -218,6 +218,19 @@ describe("prefixes that lack their `]` or `: ` (searches that run on into the ne
       assert.deepEqual(new Map(tally.counts), expected, lines.join("\n"));
     }
   });
+});
+
+describe("the benchmark's hostile lines (test/loggen.ts HOSTILE_SHAPES)", () => {
+  for (const shape of Object.keys(HOSTILE_SHAPES)) {
+    test(`${shape}: nothing counts, and the lines after them count as usual`, () => {
+      const { text, lines } = hostileText(shape, 300_000);
+      const after = BENIGN.repeat(100) + REGISTER("203.0.113.9").repeat(3);
+      const tally = scanString(text + after);
+      assert.equal(tally.lines, lines + 103);
+      assert.deepEqual([...tally.counts], [["203.0.113.9", 3]]);
+      assert.equal(tally.ambiguous + tally.suppressed + tally.longLines, 0);
+    });
+  }
 });
 
 describe("fixtures/messages.log (the demo)", () => {
