@@ -728,7 +728,9 @@ function closeBracketFrom(s: string, from: number): number {
 function colonSpaceFrom(s: string, from: number): number {
   const marks = marksFor(s);
   if (from >= marks.colonFrom && from <= marks.colonSpace) return marks.colonSpace;
-  const at = s.indexOf(": ", from);
+  // A search for one character is V8's fastest, and the first `:` is nearly always the one.
+  let at = s.indexOf(":", from);
+  while (at !== -1 && s.charCodeAt(at + 1) !== 32) at = s.indexOf(":", at + 1);
   marks.colonFrom = from;
   return marks.colonSpace = at === -1 ? s.length : at;
 }
