@@ -2757,13 +2757,14 @@ export async function scanFile(
     }
     if (waitForReaders) await Promise.all(readers.map(({ ready }) => ready));
     let to = size; // where this thread's part ends: readers take over what comes after
+    const given = Math.min(Math.max(share, 0), 1); // a share, whatever a caller passed
     /** Gives each reader that is ready its share of what is left from `position`. */
     const handOut = (position: number) => {
       for (let slot = 0; slot < count; slot++) {
         if (Atomics.load(states, slot) !== READY) continue;
         const split = to - position < 2 * splitMin
           ? to
-          : nextLineStart(fd, position + Math.floor((to - position) * (1 - share)), to);
+          : nextLineStart(fd, position + Math.floor((to - position) * (1 - given)), to);
         if (split === to) continue; // too little left: another thread could not help
         bounds.set([split, to, split], BOUNDS * slot);
         to = split;
@@ -2817,7 +2818,8 @@ function takeBack(
   lock(locks, slot);
   try {
     const to = bounds[BOUNDS * slot + 1];
-    const reached = bounds[BOUNDS * slot + 2];
+    // Never before the part's start, whatever the size of a read and of the look-back before it.
+    const reached = Math.max(bounds[BOUNDS * slot], bounds[BOUNDS * slot + 2]);
     if (to - reached < Math.max(2 * least, 1)) return null;
     const cut = nextLineStart(fd, reached + Math.floor((to - reached) / 2), to);
     if (cut >= to) return null;
