@@ -18,6 +18,7 @@ import {
   jsonReport,
   main,
   newTally,
+  normaliseAddress,
   parseCidr,
   parseOptions,
   resolveLog,
@@ -237,6 +238,56 @@ describe("reports", () => {
     assert.ok(decided.some((d) => d.action === "already-banned"));
     const shuffled = [...decided.slice(7), ...decided.slice(0, 7).reverse()];
     assert.equal([...jsonReport(shuffled, many, summary)].join(""), pieces.join(""), "any order");
+  });
+  test("JSON writes every address as JSON.stringify does, whatever its form and count", () => {
+    const texts = [
+      "0.0.0.0",
+      "255.255.255.255",
+      "10.0.0.1",
+      "1.22.133.4",
+      "::",
+      "::1",
+      "1::",
+      "2001:db8::",
+      "2001:db8::1:0:0:1",
+      "1:0:2:0:3:0:4:0",
+      "fe80::abcd:12",
+      "abcd:ef01:2345:6789:abcd:ef01:2345:6789",
+      "x",
+      'a "quoted" \\ text',
+      "\u00fcn\u00ef\u2028",
+    ];
+    let seed = 11;
+    const next = (n: number) => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n;
+    for (let i = 0; i < 3000; i++) {
+      if (i % 2 === 0) texts.push([0, 0, 0, 0].map(() => next(256)).join("."));
+      else {
+        // Runs of zero groups of every length, at every place.
+        const groups = Array.from(
+          { length: 8 },
+          () => next(3) === 0 ? 0 : next(1 << (4 * next(5))),
+        );
+        texts.push(normaliseAddress(groups.map((g) => g.toString(16)).join(":"), "bare")!);
+      }
+    }
+    const values = [1, 2, 7, 10, 98, 99, 100, 0, 1.5, -3, 2 ** 53 - 1, 2 ** 53, 1e21];
+    const many = newTally();
+    texts.forEach((text, i) => many.counts.set(text, values[i % values.length]));
+    for (const threshold of [99, Infinity]) {
+      const decided = decide(many.counts, {
+        threshold,
+        ignore: [],
+        banned: new Set(),
+        dryRun: true,
+      });
+      const actions = new Map(decided.map((d) => [d.ip, d.action]));
+      const expected = [...many.counts.byValue()].map(([ip, failures]) =>
+        "\n" + JSON.stringify({ ip, failures, action: actions.get(ip) ?? "below-threshold" })
+      ).join(",") + "\n]}\n";
+      const text = [...jsonReport(decided, many, summary)].join("");
+      const start = text.indexOf(',"addresses":[') + ',"addresses":['.length;
+      assert.equal(text.slice(start), expected, `threshold ${threshold}`);
+    }
   });
   test("JSON with no failures is still one object", () => {
     const report = JSON.parse([...jsonReport([], newTally(), summary)].join(""));
