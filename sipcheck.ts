@@ -2041,20 +2041,22 @@ export type PartTally = Omit<Tally, "counts" | "lastTries"> & {
 };
 
 /**
- * Adds the tally of the next part of a log to the tally of the parts before it, exactly as if one
- * scanner had read them all: the first `after N tries` line of each address in the part is
- * counted again against the last one before the part.
+ * Adds the tally of the next part of a log (counted into an empty tally) to the tally of the parts
+ * before it, exactly as if one scanner had read them all: the first `after N tries` line of each
+ * address in the part (`firstTries`, see {@link ScanPart}) counted as the first of a window, and
+ * is counted again against the last one before the part.
  */
 export function joinTally(
   into: Tally,
   next: PartTally,
-  firstTries: ReadonlyMap<string, FirstTries>,
+  firstTries: AddressCounts | CountsSnapshot,
 ): void {
   const corrections: [string, number][] = [];
-  for (const [address, first] of firstTries) {
+  const first = firstTries instanceof AddressCounts ? firstTries : AddressCounts.from(firstTries);
+  for (const [address, tries] of first) {
     const last = into.lastTries.get(address);
     if (last !== undefined) {
-      corrections.push([address, triesStep(first.tries, last) - first.counted]);
+      corrections.push([address, triesStep(tries, last) - triesStep(tries, 0)]);
     }
   }
   into.counts.merge(next.counts, "add");
@@ -2107,15 +2109,10 @@ export interface Scanner {
 export interface ScanPart {
   offset: number;
   countFrom: number;
-  /** Filled with the first `after N tries` line counted per address, to be corrected when the
-   * parts are joined (see {@link joinTally}). */
-  firstTries: Map<string, FirstTries>;
-}
-
-/** An address's first `after N tries` line in a part, and what it counted for. */
-export interface FirstTries {
-  tries: number;
-  counted: number;
+  /** Filled with the N of the first `after N tries` line counted per address, to be counted
+   * again when the parts are joined (see {@link joinTally}): numbers, not strings, since a part
+   * may hold a hundred thousand of them and a worker thread sends them over. */
+  firstTries: AddressCounts;
 }
 
 /** Bytes before a part that its scanner reads for open heads: a window and a longest line. */
@@ -2173,7 +2170,7 @@ export function createScanner(
     if (
       failure.tries !== undefined && part && countFrom > 0 && !part.firstTries.has(failure.address)
     ) {
-      part.firstTries.set(detach(failure.address), { tries: failure.tries, counted });
+      part.firstTries.set(failure.address, failure.tries);
     }
     onFailure?.(failure, counted);
   }
@@ -2713,7 +2710,7 @@ function scanPart(
   countFrom: number,
   to: (position: number) => number,
   tally: Tally,
-  firstTries: Map<string, FirstTries>,
+  firstTries: AddressCounts,
 ): void {
   const offset = Math.max(0, countFrom - PART_LOOKBACK);
   const scanner = createScanner(tally, undefined, { offset, countFrom, firstTries });
@@ -2733,7 +2730,7 @@ function scanPart(
 interface PartResult {
   countFrom: number;
   tally: PartTally;
-  firstTries: Map<string, FirstTries>;
+  firstTries: AddressCounts | CountsSnapshot;
 }
 
 /** What a worker thread is given; `states`, `locks` and `bounds` are shared by all the threads. */
@@ -2797,7 +2794,7 @@ function readerThread({ path, slot, states, locks, bounds }: ReaderData): void {
     return to;
   };
   const tally = newTally();
-  const firstTries = new Map<string, FirstTries>();
+  const firstTries = new AddressCounts();
   const fd = openSync(path, "r");
   try {
     scanPart(fd, countFrom, claim, tally, firstTries);
@@ -2806,8 +2803,13 @@ function readerThread({ path, slot, states, locks, bounds }: ReaderData): void {
   }
   const counts = tally.counts.handOver();
   const lastTries = tally.lastTries.handOver();
-  const result: PartResult = { countFrom, tally: { ...tally, counts, lastTries }, firstTries };
-  const buffers = [counts, lastTries].flatMap((c) => [c.keys, c.values, c.kinds, c.words])
+  const first = firstTries.handOver();
+  const result: PartResult = {
+    countFrom,
+    tally: { ...tally, counts, lastTries },
+    firstTries: first,
+  };
+  const buffers = [counts, lastTries, first].flatMap((c) => [c.keys, c.values, c.kinds, c.words])
     .map((array) => array.buffer as ArrayBuffer);
   parentPort?.postMessage(result, buffers);
 }
@@ -2891,7 +2893,7 @@ export async function scanFile(
       }
       return to;
     };
-    scanPart(fd, 0, handOut, tally, new Map());
+    scanPart(fd, 0, handOut, tally, new AddressCounts());
     for (let slot = 0; slot < count; slot++) {
       // A thread still starting or waiting is not needed any more.
       Atomics.compareExchange(states, slot, STARTING, UNNEEDED);
@@ -2906,7 +2908,7 @@ export async function scanFile(
       for (let part; (part = takeBack(fd, locks, bounds, slot, stealMin)) !== null;) {
         const [countFrom, end] = part;
         onTakeBack?.(countFrom, end);
-        const result = { countFrom, tally: newTally(), firstTries: new Map<string, FirstTries>() };
+        const result = { countFrom, tally: newTally(), firstTries: new AddressCounts() };
         scanPart(fd, countFrom, () => end, result.tally, result.firstTries);
         taken.push(result);
       }

@@ -252,7 +252,7 @@ describe("reading a log in parts (several cores at once)", () => {
       const part = {
         offset: Math.max(0, countFrom - lookback),
         countFrom,
-        firstTries: new Map(),
+        firstTries: new AddressCounts(),
       };
       const scanner = createScanner(tally, undefined, part);
       scanner.write(bytes.subarray(part.offset, starts[k + 1] ?? bytes.length));
@@ -263,7 +263,8 @@ describe("reading a log in parts (several cores at once)", () => {
         counts: t.counts.snapshot(),
         lastTries: t.lastTries.snapshot(),
       });
-      if (k > 0) joinTally(total, k % 2 === 0 ? tally : sent(tally), part.firstTries);
+      const first = k % 2 === 0 ? part.firstTries : part.firstTries.snapshot();
+      if (k > 0) joinTally(total, k % 2 === 0 ? tally : sent(tally), first);
     });
     return total;
   }
