@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
+import { spawn } from "node:child_process";
 import {
   chmodSync,
   closeSync,
@@ -58,6 +59,35 @@ function assertCleanErrors(stderr: string): void {
 }
 
 describe(`sipcheck.ts under ${RUNTIME}`, () => {
+  test("a reader that stops reading (| head) ends the output quietly, with the run's code", async () => {
+    const many = Array.from({ length: 3000 }, (_, i) => REGISTER(`10.1.${i >> 8}.${i & 255}`));
+    const log = file("many-addresses.log", many.join(""));
+    for (const args of [["--json"], ["--threshold", "1"]]) {
+      const argv = cliCommand(["--dry-run", ...args, log]);
+      const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+      child.stdout.destroy(); // our end of the pipe: every write of the child fails (EPIPE)
+      let stderr = "";
+      child.stderr.on("data", (data) => stderr += data);
+      const code = await new Promise((resolve) => child.on("close", resolve));
+      assert.equal(code, 0, `${args}: ${stderr}`);
+      assert.equal(stderr, "", `${args}`);
+    }
+  });
+  test("output to a full disk (/dev/full): one line, the run's code", async () => {
+    const log = file("two.log", REGISTER("203.0.113.9") + REGISTER("2001:db8::9"));
+    for (const args of [["--json"], []]) {
+      // sh opens /dev/full (Deno's tests may not open devices themselves).
+      const script = 'exec "$@" > /dev/full';
+      const argv = ["sh", "-c", script, "sh", ...cliCommand(["--dry-run", ...args, log])];
+      const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "ignore", "pipe"] });
+      let stderr = "";
+      child.stderr.on("data", (data) => stderr += data);
+      const code = await new Promise((resolve) => child.on("close", resolve));
+      assert.equal(code, 0, `${args}: ${stderr}`);
+      assert.equal(stderr, "sipcheck: cannot write to standard output: ENOSPC\n", `${args}`);
+    }
+  });
+
   test("--help and --version", () => {
     const help = sipcheck(["--help"]);
     assert.equal(help.code, 0);

@@ -23,6 +23,17 @@ export function fixture(name: string): string {
   return join(ROOT, "fixtures", name);
 }
 
+/** What main writes to stdout, as text: it writes the `--json` report as UTF-8 bytes. */
+export function outputText(piece: string | Uint8Array): string {
+  return typeof piece === "string" ? piece : new TextDecoder().decode(piece);
+}
+
+/** The pieces of a report joined, as text: each read before the next is asked for (the
+ * `--json` report's share a buffer). */
+export function joinedText(pieces: Iterable<string | Uint8Array>): string {
+  return Array.from(pieces, outputText).join("");
+}
+
 /** The Deno global, when the tests run under Deno. */
 const deno = (globalThis as { Deno?: typeof Deno }).Deno;
 /** Which runtime runs the tests (and so the CLI under test). */

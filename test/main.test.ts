@@ -26,7 +26,7 @@ import {
   SipcheckError,
   THRESHOLD,
 } from "../sipcheck.ts";
-import { FakeFirewall, fixture, REGISTER, tempDir } from "./helpers.ts";
+import { FakeFirewall, fixture, joinedText, outputText, REGISTER, tempDir } from "./helpers.ts";
 
 /** Deps for main: captured output, a fake firewall, root, a lock file in a temp dir. */
 function harness(overrides: Partial<Deps> = {}) {
@@ -35,7 +35,7 @@ function harness(overrides: Partial<Deps> = {}) {
   const err: string[] = [];
   const firewall = new FakeFirewall();
   const deps: Partial<Deps> = {
-    stdout: (text) => void out.push(text),
+    stdout: (text) => void out.push(outputText(text)),
     stderr: (text) => void err.push(text),
     run: firewall.run,
     uid: () => 0,
@@ -201,7 +201,7 @@ describe("reports", () => {
     assert.equal(formatReport(decisions, tally, summary, true).split("\n").length, 3);
   });
   test("JSON: totals and every address, highest first", () => {
-    const text = [...jsonReport(decisions, tally, summary)].join("");
+    const text = joinedText(jsonReport(decisions, tally, summary));
     const report = JSON.parse(text);
     for (const entry of report.addresses) {
       assert.ok(text.includes(`\n${JSON.stringify(entry)}`), "one address per line, as stringify");
@@ -225,9 +225,9 @@ describe("reports", () => {
       banned: new Set(["10.0.1.1"]),
       dryRun: false,
     });
-    const pieces = [...jsonReport(decided, many, summary)];
+    const pieces = Array.from(jsonReport(decided, many, summary), outputText);
     assert.ok(pieces.length > 1, `${pieces.length} pieces`);
-    const report = JSON.parse(pieces.join(""));
+    const report = JSON.parse(joinedText(pieces));
     const actions = new Map(decided.map((d) => [d.ip, d.action]));
     assert.equal(report.addresses.length, 5000);
     for (const { ip, failures, action } of report.addresses) {
@@ -237,7 +237,7 @@ describe("reports", () => {
     assert.ok(decided.some((d) => d.action === "ignored"));
     assert.ok(decided.some((d) => d.action === "already-banned"));
     const shuffled = [...decided.slice(7), ...decided.slice(0, 7).reverse()];
-    assert.equal([...jsonReport(shuffled, many, summary)].join(""), pieces.join(""), "any order");
+    assert.equal(joinedText(jsonReport(shuffled, many, summary)), joinedText(pieces), "any order");
   });
   test("JSON writes every address as JSON.stringify does, whatever its form and count", () => {
     const texts = [
@@ -256,6 +256,9 @@ describe("reports", () => {
       "x",
       'a "quoted" \\ text',
       "\u00fcn\u00ef\u2028",
+      // Other text longer than a piece, and longer in UTF-8 than in characters.
+      "z".repeat(70_000),
+      "\u2028".repeat(300),
     ];
     let seed = 11;
     const next = (n: number) => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n;
@@ -284,13 +287,26 @@ describe("reports", () => {
       const expected = [...many.counts.byValue()].map(([ip, failures]) =>
         "\n" + JSON.stringify({ ip, failures, action: actions.get(ip) ?? "below-threshold" })
       ).join(",") + "\n]}\n";
-      const text = [...jsonReport(decided, many, summary)].join("");
+      const text = joinedText(jsonReport(decided, many, summary));
       const start = text.indexOf(',"addresses":[') + ',"addresses":['.length;
       assert.equal(text.slice(start), expected, `threshold ${threshold}`);
     }
   });
+  test("JSON: an object that ends a piece is written whole, counted in UTF-8 bytes", () => {
+    // A filler text of every length near a piece's size puts the next object at every place
+    // near the piece's end; that object is three times longer in bytes than in characters.
+    const wide = "\u2028".repeat(300);
+    for (let filler = 64_000; filler <= 65_500; filler += 100) {
+      const tally = newTally();
+      tally.counts.set("x".repeat(filler), 2);
+      tally.counts.set(wide, 1);
+      const report = JSON.parse(joinedText(jsonReport([], tally, summary)));
+      assert.deepEqual(report.addresses.map((a: { ip: string }) => a.ip.length), [filler, 300]);
+      assert.equal(report.addresses[1].ip, wide, `after ${filler} characters`);
+    }
+  });
   test("JSON with no failures is still one object", () => {
-    const report = JSON.parse([...jsonReport([], newTally(), summary)].join(""));
+    const report = JSON.parse(joinedText(jsonReport([], newTally(), summary)));
     assert.deepEqual(report.addresses, []);
   });
 });

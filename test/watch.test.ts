@@ -33,7 +33,7 @@ import {
   startWatcher,
   type Watcher,
 } from "../sipcheck.ts";
-import { FakeFirewall, REGISTER, tempDir } from "./helpers.ts";
+import { FakeFirewall, outputText, REGISTER, tempDir } from "./helpers.ts";
 
 const dir = tempDir();
 after(dir.remove);
@@ -74,7 +74,7 @@ function watching(
   const out: string[] = [];
   const err: string[] = [];
   const deps: Deps = {
-    stdout: (text) => void out.push(text),
+    stdout: (text) => void out.push(outputText(text)),
     stderr: (text) => void err.push(text),
     run: firewall.run,
     uid: () => 0,
@@ -451,7 +451,7 @@ describe("standard input", () => {
   test("main runs it and returns when it closes", async () => {
     const out: string[] = [];
     const code = await main(["watch", "-n", "-q", "-t", "2", "-"], {
-      stdout: (text) => void out.push(text),
+      stdout: (text) => void out.push(outputText(text)),
       stdin: async function* () {
         yield Buffer.from(lines("203.0.113.22", 2));
       },
@@ -543,7 +543,7 @@ describe("with --window", () => {
     const log = newLog(lines("203.0.113.70", 3));
     const out: string[] = [];
     const watcher = startWatcher(parseOptions(["watch", "-n", "-t", "3", "--window", "10m", log]), {
-      stdout: (text) => void out.push(text),
+      stdout: (text) => void out.push(outputText(text)),
       stderr: () => {},
       run: () => Promise.reject(new Error("a dry run runs nothing")),
       uid: () => 0,
