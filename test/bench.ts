@@ -47,6 +47,10 @@
  *    start-up parts (start-up has NODE_COMPILE_CACHE rows of its own). A NODE_COMPILE_CACHE or
  *    NODE_DISABLE_COMPILE_CACHE in the bench's own environment is removed for every child, so
  *    the plain Node rows run without a compile cache.
+ *    With Deno, these logs (not the hostile ones) are also scanned by "Deno VERSION, the first
+ *    line's permissions (one thread)": `deno run` with the permission flags of sipcheck.ts's first
+ *    line, the logs' directory added to its -R. That is how an installed sipcheck runs, and its
+ *    worker threads may not read sipcheck.ts, so one thread reads each log.
  *    Hostile lines: for each shape of loggen.ts's HOSTILE_SHAPES (lines an attacker can make
  *    Asterisk write that are costly to read; none counts), a log of `--hostile-mb` MB of it alone,
  *    timed like the main log (grep and the runtimes in turn) and checked the same way (no address,
@@ -228,6 +232,21 @@ interface Runtime {
   scanOnly?: boolean;
   /** With NODE_COMPILE_CACHE: the cache directory, filled by {@link warmCompileCache}. */
   compileCache?: string;
+  /** Reads every log with one thread (left out of the hostile logs, which are read so anyway). */
+  oneThread?: boolean;
+}
+
+/**
+ * The permissions of sipcheck.ts's first line, with `dir` added to what it may read: Deno as
+ * installed, where the worker threads may not read sipcheck.ts itself, so a log is read by one
+ * thread (see the README's "Permissions under Deno").
+ */
+function shebangPermissions(dir: string): string[] {
+  const first = readFileSync(SIPCHECK, "utf8").split("\n")[0];
+  const words = first.split(/ +/);
+  return words.slice(words.indexOf("run") + 1).map((flag) =>
+    flag.startsWith("-R=") ? `${flag},${dir}` : flag
+  );
 }
 
 /**
@@ -237,6 +256,7 @@ interface Runtime {
 function findRuntimes(
   wanted: string[],
   compileCache: string | null,
+  logDir: string,
 ): { runtimes: Runtime[]; notes: string[] } {
   const runtimes: Runtime[] = [];
   const notes: string[] = [];
@@ -262,6 +282,18 @@ function findRuntimes(
           SIPCHECK,
         ],
         child: ["run", "-A", BENCH, "--firewall-child"],
+      });
+      const installed = ["run", ...shebangPermissions(logDir)];
+      runtimes.push({
+        name: "deno-installed",
+        label: `Deno ${version.split(" ")[1]}, the first line's permissions (one thread)`,
+        cmd,
+        script: installed,
+        scan: [...installed, SIPCHECK],
+        firewall: [...installed, SIPCHECK],
+        child: [],
+        scanOnly: true,
+        oneThread: true,
       });
     } else notes.push("deno not found: Deno runs skipped");
   }
@@ -1178,7 +1210,7 @@ async function main(): Promise<number> {
   }
   const compileCache = join(dir, "compile-cache-scan");
   rmSync(compileCache, { recursive: true, force: true });
-  const { runtimes, notes } = findRuntimes(o.runtimes, o.nodeCache ? compileCache : null);
+  const { runtimes, notes } = findRuntimes(o.runtimes, o.nodeCache ? compileCache : null, dir);
   /** The runtimes of the firewall, watch-latency and start-up parts. */
   const full = runtimes.filter((rt) => !rt.scanOnly);
   for (const n of notes) say(`note: ${n}`);
@@ -1260,10 +1292,10 @@ async function main(): Promise<number> {
   const grepOut = join(dir, "grep.out");
   /** grep and sipcheck under each runtime on `log`, in turn, round after round (see bestInTurn);
    * the first run of each runtime is checked. */
-  const againstGrep = (label: string, log: WrittenLog) =>
+  const againstGrep = (label: string, log: WrittenLog, rts: Runtime[] = runtimes) =>
     bestInTurn(o.runs, [
       { cmd: "grep", args: ["-cE", GREP_PATTERN, log.path], outFile: grepOut },
-      ...runtimes.map((rt) => {
+      ...rts.map((rt) => {
         const outFile = join(dir, `out-${rt.name}.json`);
         return {
           cmd: rt.cmd,
@@ -1363,13 +1395,14 @@ async function main(): Promise<number> {
 
   // 3b. Hostile lines, one shape per log.
   const hostile: { shape: string; mb: number; grep: Best; scans: Best[] }[] = [];
+  const parted = runtimes.filter((rt) => !rt.oneThread);
   if (o.hostileMb > 0) {
     for (const shape of Object.keys(HOSTILE_SHAPES)) {
       const log = generate(
         `hostile lines, ${shape}`,
         () => writeHostileFile(join(dir, "messages-hostile.log"), shape, o.hostileMb * 1e6),
       );
-      const [grep, ...scans] = await againstGrep(`hostile lines (${shape})`, log);
+      const [grep, ...scans] = await againstGrep(`hostile lines (${shape})`, log, parted);
       hostile.push({ shape, mb: log.bytes / 1e6, grep, scans });
       for (const rt of runtimes) rmSync(join(dir, `out-${rt.name}.json`), { force: true });
       rmSync(log.path, { force: true });
@@ -1524,6 +1557,11 @@ async function main(): Promise<number> {
           `sipcheck.ts\` with the compile cache warm (filled by an untimed \`--help\` and an ` +
           `untimed scan of a small log before the timed runs; the worker threads that read ` +
           `parts of a large log use it too); the other Node rows run without a compile cache.`
+        : "") +
+      (runtimes.some((rt) => rt.oneThread)
+        ? ` Rows marked "the first line's permissions" run Deno with the permission flags of ` +
+          `sipcheck.ts's first line (its -R with the logs' directory added), as installed: the ` +
+          `worker threads may not read sipcheck.ts, so one thread reads each log.`
         : ""),
   );
   say();
@@ -1545,8 +1583,8 @@ async function main(): Promise<number> {
         `run, start-up included, and the time against grep's on the same log.`,
     );
     say();
-    say(`| Shape | grep -cE | ${runtimes.map((rt) => `sipcheck, ${rt.label}`).join(" | ")} |`);
-    say(`|---|--:|${runtimes.map(() => "--:").join("|")}|`);
+    say(`| Shape | grep -cE | ${parted.map((rt) => `sipcheck, ${rt.label}`).join(" | ")} |`);
+    say(`|---|--:|${parted.map(() => "--:").join("|")}|`);
     for (const h of hostile) {
       const cells = h.scans.map((b) => `${mbps(b, h.mb)} (${(b.ms / h.grep.ms).toFixed(1)}×)`);
       say(`| ${h.shape} | ${mbps(h.grep, h.mb)} | ${cells.join(" | ")} |`);
