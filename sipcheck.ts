@@ -2348,7 +2348,10 @@ export function formatReport(
   const shown = quiet
     ? decisions.filter((d) => d.action === "banned" || d.action === "would-ban")
     : decisions;
-  const width = Math.max(0, ...shown.map((d) => d.ip.length));
+  // A loop, not Math.max(...lengths): a call with an argument per address overflows the stack
+  // once there are a hundred thousand of them.
+  let width = 0;
+  for (const d of shown) width = Math.max(width, d.ip.length);
   const lines = shown.map((d) =>
     `${ACTION_WORDS[d.action].padEnd(15)} ${d.ip.padEnd(width)}  ${plural(d.failures, "failure")}`
   );
@@ -5804,7 +5807,7 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
       if (due.length === 0 || (!force && now < retry[version].at)) continue;
       for (const [ip] of due) pending.delete(ip);
       try {
-        events.push(...await settle(version, due));
+        for (const event of await settle(version, due)) events.push(event);
         for (const [ip] of due) decided.add(ip);
         retry[version].delay = RETRY_MS;
       } catch (error) {
@@ -6258,7 +6261,7 @@ async function scan(options: Options, deps: Deps): Promise<number> {
 async function list(options: Options, deps: Deps): Promise<number> {
   const bans: string[] = [];
   for (const version of [4, 6] as const) {
-    bans.push(...(await listChain(deps.run, version)).bans);
+    for (const ip of (await listChain(deps.run, version)).bans) bans.push(ip);
   }
   if (options.json) await deps.stdout(JSON.stringify(bans) + "\n");
   else if (bans.length) await deps.stdout(bans.join("\n") + "\n");

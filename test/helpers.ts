@@ -184,7 +184,7 @@ export class FakeFirewall {
       "-P INPUT ACCEPT",
       ...[...chains.keys()].filter((c) => c !== "INPUT").map((c) => `-N ${c}`),
     ];
-    for (const rules of chains.values()) listing.push(...rules);
+    for (const rules of chains.values()) for (const rule of rules) listing.push(rule);
     return { code: 0, stdout: listing.join("\n") + "\n", stderr: "" };
   };
 

@@ -499,6 +499,21 @@ describe("main", () => {
     assert.equal(again.stdout(), "sipcheck: nothing to clear\n");
     for (const x of [h, list, json, clear, again]) x.done();
   });
+  test("200,000 offenders at once are banned, reported and listed", async () => {
+    // Nothing calls a function with an argument per address (the stack would overflow).
+    const many: Record<string, number> = {};
+    for (let i = 0; i < 200_000; i++) many[`10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`] = 2;
+    const h = harness();
+    assert.equal(await main(["-t", "2", writeLog(h.dir, many)], h.deps), 0, h.stderr());
+    assert.equal(h.firewall.bans(4).length, 200_000);
+    const report = h.stdout().split("\n");
+    assert.equal(report.length, 200_002, "a line per address, the summary, the last line feed");
+    assert.equal(report[0], "banned          10.0.0.0      2 failures");
+    const list = harness({ run: h.firewall.run });
+    assert.equal(await main(["list"], list.deps), 0, list.stderr());
+    assert.equal(list.stdout().split("\n").length, 200_001);
+    for (const x of [h, list]) x.done();
+  });
   test("reads standard input with -", async () => {
     const text = readFileSync(fixture("messages.log"));
     const h = harness({

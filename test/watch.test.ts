@@ -237,6 +237,21 @@ describe("watching files", () => {
     assert.equal(await w.stop(), 0);
   });
 
+  test("200,000 offenders at start are banned in one go", async () => {
+    // Nothing calls a function with an argument per address (the stack would overflow).
+    let text = "";
+    for (let i = 0; i < 200_000; i++) {
+      text += REGISTER(`10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`);
+    }
+    const w = watching(["-t", "1", newLog(text)]);
+    await w.watcher.polled();
+    assert.equal(w.stderr(), "");
+    assert.equal(w.firewall.bans(4).length, 200_000);
+    assert.equal(w.firewall.restores().length, 1);
+    assert.equal(w.events().filter((e) => e.action === "banned").length, 200_000);
+    assert.equal(await w.stop(), 0);
+  });
+
   test("already banned addresses are not added twice", async () => {
     const log = newLog(lines("203.0.113.1", 5) + lines("203.0.113.2", 5));
     const firewall = new FakeFirewall();
