@@ -224,4 +224,34 @@ describe("a real ban in a private network namespace", { skip: skip ?? false }, (
     assert.match(lines[3], /sipcheck: stopped \(SIGTERM\): 10 lines, 10 failures, 2 banned/);
     assert.equal(err, "");
   });
+
+  test("a reader of its output that goes away does not stop it banning", () => {
+    const path = log("gone.log", REGISTER("203.0.113.21").repeat(2));
+    const watcher = cliCommand(["watch", "-t", "3", path], [
+      "--no-prompt",
+      "--allow-read",
+      "--allow-write=/run",
+      "--allow-run",
+      "--allow-sys=uid,networkInterfaces",
+    ]).map(shellQuote).join(" ");
+    const ran = inNamespace([
+      // head reads the first byte of the watcher's output and exits: every later write fails.
+      "mkfifo /run/out",
+      "head -c 1 < /run/out > /dev/null & reader=$!",
+      `(sh -c 'echo $$ > /run/pid; exec "$@"' sh ${watcher} > /run/out 2> /run/err; echo "watch exit $?" > /run/exit) &`,
+      `trap 'kill -TERM "$(cat /run/pid)" 2> /dev/null' EXIT`,
+      "wait $reader",
+      `printf '%s' ${shellQuote(REGISTER("203.0.113.21"))} >> ${shellQuote(path)}`,
+      `i=0; until iptables -S sipcheck 2>/dev/null | grep -q 203.0.113.21; do i=$((i+1)); [ $i -gt 600 ] && { echo "no ban"; cat /run/err; exit 98; }; sleep 0.05; done`,
+      "iptables -S sipcheck; echo ==",
+      'kill -TERM "$(cat /run/pid)"',
+      `i=0; until [ -s /run/exit ]; do i=$((i+1)); [ $i -gt 600 ] && { echo "no exit"; exit 97; }; sleep 0.05; done`,
+      "cat /run/exit; echo ==; cat /run/err",
+    ].join("\n"));
+    assert.equal(ran.code, 0, `script failed (${ran.code}): ${ran.stderr}\n${ran.stdout}`);
+    const [rules, exit, err] = ran.stdout.split("==\n");
+    assert.equal(rules, "-N sipcheck\n-A sipcheck -s 203.0.113.21/32 -j DROP\n");
+    assert.equal(exit, "watch exit 0\n");
+    assert.equal(err, "", "a reader that went away is not an error");
+  });
 });
