@@ -6141,7 +6141,7 @@ function writeStdout(text: string | Uint8Array): Promise<void> {
         stdoutGone = true;
         const code = (error as { code?: string }).code;
         if (code !== "EPIPE") {
-          process.stderr.write(`sipcheck: cannot write to standard output: ${code ?? error}\n`);
+          writeStderr(`sipcheck: cannot write to standard output: ${code ?? error}\n`);
         }
       }
       resolve();
@@ -6154,10 +6154,21 @@ function writeStdout(text: string | Uint8Array): Promise<void> {
   });
 }
 
+/** Writes to stderr. A stderr that cannot be written (its reader gone) is not an error: there is
+ * nowhere left to say anything, and the run goes on as it would have. */
+function writeStderr(text: string): void {
+  if (process.stderr.listenerCount("error") === 0) process.stderr.on("error", () => {});
+  try {
+    process.stderr.write(text);
+  } catch {
+    // Deno throws what Node emits as an 'error' event.
+  }
+}
+
 /** The real world. */
 const REAL_DEPS: Deps = {
   stdout: writeStdout,
-  stderr: (text) => void process.stderr.write(text),
+  stderr: writeStderr,
   run: runProgram,
   uid: () => process.getuid?.() ?? -1,
   lockPath: LOCK_PATH,

@@ -73,6 +73,17 @@ describe(`sipcheck.ts under ${RUNTIME}`, () => {
       assert.equal(stderr, "", `${args}`);
     }
   });
+  test("a reader of standard error that goes away changes nothing: the run's code", async () => {
+    const log = file("one.log", REGISTER("203.0.113.9"));
+    const argv = cliCommand(["--dry-run", "-t", "1", log, join(dir.path, "missing.log")]);
+    const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+    child.stderr.destroy(); // its warning about the missing log cannot be written (EPIPE)
+    let stdout = "";
+    child.stdout.on("data", (data) => stdout += data);
+    const code = await new Promise((resolve) => child.on("close", resolve));
+    assert.equal(code, 66, stdout);
+    assert.match(stdout, /^would ban +203\.0\.113\.9 {2}1 failure\n/);
+  });
   test("output to a full disk (/dev/full): one line, the run's code", async () => {
     const log = file("two.log", REGISTER("203.0.113.9") + REGISTER("2001:db8::9"));
     for (const args of [["--json"], []]) {
