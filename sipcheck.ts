@@ -235,7 +235,8 @@ export type Runner = (
 
 /** What `main` needs from the outside world; tests pass fakes. */
 export interface Deps {
-  /** Text, or UTF-8 bytes (the `--json` report's pieces). */
+  /** Text, or UTF-8 bytes (the `--json` report's pieces, which share one buffer: a piece must be
+   * written out or copied before the promise returned settles, as the next one overwrites it). */
   stdout: (text: string | Uint8Array) => void | Promise<void>;
   stderr: (text: string) => void;
   run: Runner;
@@ -2468,7 +2469,7 @@ export function* jsonReport(
       const length = Buffer.byteLength(object);
       if (start + length > bytes.length) {
         // Longer than the room left (other text, through the API): a piece of its own.
-        yield bytes.subarray(0, at);
+        if (at > 0) yield bytes.subarray(0, at);
         yield Buffer.from((first ? "\n" : ",\n") + object);
         at = 0;
         first = false;
@@ -6129,7 +6130,9 @@ let stdoutGone = false;
  * Writes text or bytes to stdout; settles once they are written out (when the pipe is full, that
  * waits), so that a buffer written can be used again (see {@link jsonReport}). Never fails: a
  * reader that went away (EPIPE, as in `sipcheck --json | head`) ends the output quietly, any
- * other error with one line on stderr.
+ * other error with one line on stderr. (Deno's stream throws EAGAIN when another program made the
+ * pipe non-blocking and it is full, without saying how much it wrote, so that is an error there;
+ * Node waits it out.)
  */
 function writeStdout(text: string | Uint8Array): Promise<void> {
   if (stdoutGone) return Promise.resolve();
