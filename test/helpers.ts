@@ -111,20 +111,27 @@ export function shellQuote(word: string): string {
   return `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
+/** Deno's permissions for sipcheck in {@link inNamespace}: all it needs there. */
+const NAMESPACE_FLAGS = [
+  "--no-prompt",
+  "--allow-read",
+  "--allow-write=/run",
+  "--allow-run",
+  "--allow-sys=uid,networkInterfaces",
+];
+
+/** `sipcheck ARGS` as one line of shell for a script run by {@link inNamespace}. */
+export function namespaceCommand(args: readonly string[]): string {
+  return cliCommand(args, NAMESPACE_FLAGS).map(shellQuote).join(" ");
+}
+
 /**
  * Runs a shell script in a private network namespace with its own /run (so sipcheck's lock file
  * is private too): the host's firewall is never touched. The shell function `sipcheck` in the
  * script runs the CLI under the current runtime (with every permission it needs).
  */
 export function inNamespace(script: string): Ran {
-  const flags = [
-    "--no-prompt",
-    "--allow-read",
-    "--allow-write=/run",
-    "--allow-run",
-    "--allow-sys=uid,networkInterfaces",
-  ];
-  const command = cliCommand([], flags).map(shellQuote).join(" ");
+  const command = namespaceCommand([]);
   return run([
     "/usr/bin/unshare",
     "--net",

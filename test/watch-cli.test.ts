@@ -16,6 +16,7 @@ import {
   cliCommand,
   firewallSkipReason,
   inNamespace,
+  namespaceCommand,
   REGISTER,
   RUNTIME,
   shebangFlags,
@@ -184,13 +185,7 @@ describe("a real ban in a private network namespace", { skip: skip ?? false }, (
       REGISTER("203.0.113.20:5060").repeat(4) + REGISTER("[2001:db8::20]:5060").repeat(4),
     );
     const crossing = REGISTER("203.0.113.20:5060") + REGISTER("[2001:db8::20]:5060");
-    const watcher = cliCommand(["watch", "-t", "5", path], [
-      "--no-prompt",
-      "--allow-read",
-      "--allow-write=/run",
-      "--allow-run",
-      "--allow-sys=uid,networkInterfaces",
-    ]).map(shellQuote).join(" ");
+    const watcher = namespaceCommand(["watch", "-t", "5", path]);
     const ran = inNamespace([
       `wait_for() { i=0; until grep -q "$1" /run/out; do i=$((i+1)); [ $i -gt 600 ] && { echo "no $1"; cat /run/out /run/err; exit 98; }; sleep 0.05; done; }`,
       `${watcher} > /run/out 2> /run/err & pid=$!`,
@@ -227,13 +222,7 @@ describe("a real ban in a private network namespace", { skip: skip ?? false }, (
 
   test("a reader of its output that goes away does not stop it banning", () => {
     const path = log("gone.log", REGISTER("203.0.113.21").repeat(2));
-    const watcher = cliCommand(["watch", "-t", "3", path], [
-      "--no-prompt",
-      "--allow-read",
-      "--allow-write=/run",
-      "--allow-run",
-      "--allow-sys=uid,networkInterfaces",
-    ]).map(shellQuote).join(" ");
+    const watcher = namespaceCommand(["watch", "-t", "3", path]);
     const ran = inNamespace([
       // head reads the first byte of the watcher's output and exits: every later write fails.
       "mkfifo /run/out",
