@@ -2044,9 +2044,9 @@ export type PartTally = Omit<Tally, "counts" | "lastTries"> & {
 
 /**
  * Adds the tally of the next part of a log (counted into an empty tally) to the tally of the parts
- * before it, exactly as if one scanner had read them all: the first `after N tries` line of each
- * address in the part (`firstTries`, see {@link ScanPart}) counted as the first of a window, and
- * is counted again against the last one before the part.
+ * before it, exactly as if one scanner had read them all. The first `after N tries` line of each
+ * address in the part (`firstTries`, see {@link ScanPart}) was counted as if nothing came before
+ * it; it is counted again against the last such line before the part.
  */
 export function joinTally(
   into: Tally,
@@ -6136,8 +6136,7 @@ let stdoutGone = false;
  */
 function writeStdout(text: string | Uint8Array): Promise<void> {
   if (stdoutGone) return Promise.resolve();
-  // A failed write is also an 'error' event, which would end the process with a stack trace.
-  if (process.stdout.listenerCount("error") === 0) process.stdout.on("error", () => {});
+  withoutErrorEvents(process.stdout);
   return new Promise((resolve) => {
     const written = (error?: Error | null) => {
       if (error && !stdoutGone) {
@@ -6157,10 +6156,16 @@ function writeStdout(text: string | Uint8Array): Promise<void> {
   });
 }
 
+/** A failed write is also an 'error' event on its stream, which would end the process with a
+ * stack trace: the writers see the error themselves (callback or throw), so the event is ignored. */
+function withoutErrorEvents(stream: NodeJS.WritableStream): void {
+  if (stream.listenerCount("error") === 0) stream.on("error", () => {});
+}
+
 /** Writes to stderr. A stderr that cannot be written (its reader gone) is not an error: there is
  * nowhere left to say anything, and the run goes on as it would have. */
 function writeStderr(text: string): void {
-  if (process.stderr.listenerCount("error") === 0) process.stderr.on("error", () => {});
+  withoutErrorEvents(process.stderr);
   try {
     process.stderr.write(text);
   } catch {

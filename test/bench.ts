@@ -116,6 +116,7 @@ import {
 } from "./loggen.ts";
 import type { LogOptions, WrittenLog } from "./loggen.ts";
 import type { Runner } from "../sipcheck.ts";
+import { shebangFlags } from "./helpers.ts";
 
 const BENCH = fileURLToPath(import.meta.url);
 const SIPCHECK = join(dirname(BENCH), "..", "sipcheck.ts");
@@ -242,11 +243,7 @@ interface Runtime {
  * thread (see the README's "Permissions under Deno").
  */
 function shebangPermissions(dir: string): string[] {
-  const first = readFileSync(SIPCHECK, "utf8").split("\n")[0];
-  const words = first.split(/ +/);
-  return words.slice(words.indexOf("run") + 1).map((flag) =>
-    flag.startsWith("-R=") ? `${flag},${dir}` : flag
-  );
+  return shebangFlags().map((flag) => flag.startsWith("-R=") ? `${flag},${dir}` : flag);
 }
 
 /**

@@ -50,6 +50,24 @@ function report(args: string[], input?: string | Uint8Array) {
   return JSON.parse(ran.stdout);
 }
 
+/**
+ * Runs argv to its end with stdout and stderr to pipes; `gone` closes our end of one of them at
+ * once, so that every write of the child to it fails (EPIPE).
+ */
+async function runClosing(
+  argv: string[],
+  gone: "stdout" | "stderr" | null,
+): Promise<{ code: unknown; stdout: string; stderr: string }> {
+  const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+  if (gone) child[gone].destroy();
+  let stdout = "";
+  let stderr = "";
+  if (gone !== "stdout") child.stdout.on("data", (data) => stdout += data);
+  if (gone !== "stderr") child.stderr.on("data", (data) => stderr += data);
+  const code = await new Promise((resolve) => child.on("close", resolve));
+  return { code, stdout, stderr };
+}
+
 /** No stack trace, ever: every error is one line starting with "sipcheck: ". */
 function assertCleanErrors(stderr: string): void {
   for (const line of stderr.split("\n").filter(Boolean)) {
@@ -63,24 +81,16 @@ describe(`sipcheck.ts under ${RUNTIME}`, () => {
     const many = Array.from({ length: 3000 }, (_, i) => REGISTER(`10.1.${i >> 8}.${i & 255}`));
     const log = file("many-addresses.log", many.join(""));
     for (const args of [["--json"], ["--threshold", "1"]]) {
-      const argv = cliCommand(["--dry-run", ...args, log]);
-      const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
-      child.stdout.destroy(); // our end of the pipe: every write of the child fails (EPIPE)
-      let stderr = "";
-      child.stderr.on("data", (data) => stderr += data);
-      const code = await new Promise((resolve) => child.on("close", resolve));
+      const { code, stderr } = await runClosing(cliCommand(["--dry-run", ...args, log]), "stdout");
       assert.equal(code, 0, `${args}: ${stderr}`);
       assert.equal(stderr, "", `${args}`);
     }
   });
   test("a reader of standard error that goes away changes nothing: the run's code", async () => {
     const log = file("one.log", REGISTER("203.0.113.9"));
+    // Its warning about the missing log cannot be written.
     const argv = cliCommand(["--dry-run", "-t", "1", log, join(dir.path, "missing.log")]);
-    const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
-    child.stderr.destroy(); // its warning about the missing log cannot be written (EPIPE)
-    let stdout = "";
-    child.stdout.on("data", (data) => stdout += data);
-    const code = await new Promise((resolve) => child.on("close", resolve));
+    const { code, stdout } = await runClosing(argv, "stderr");
     assert.equal(code, 66, stdout);
     assert.match(stdout, /^would ban +203\.0\.113\.9 {2}1 failure\n/);
   });
@@ -123,10 +133,7 @@ describe(`sipcheck.ts under ${RUNTIME}`, () => {
       // sh opens /dev/full (Deno's tests may not open devices themselves).
       const script = 'exec "$@" > /dev/full';
       const argv = ["sh", "-c", script, "sh", ...cliCommand(["--dry-run", ...args, log])];
-      const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "ignore", "pipe"] });
-      let stderr = "";
-      child.stderr.on("data", (data) => stderr += data);
-      const code = await new Promise((resolve) => child.on("close", resolve));
+      const { code, stderr } = await runClosing(argv, null);
       assert.equal(code, 0, `${args}: ${stderr}`);
       assert.equal(stderr, "sipcheck: cannot write to standard output: ENOSPC\n", `${args}`);
     }
