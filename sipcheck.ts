@@ -1540,7 +1540,7 @@ export type Counts = AddressCounts;
  * transferred, and {@link AddressCounts.from} adopts them). */
 export interface CountsSnapshot {
   keys: Uint32Array;
-  values: Float64Array;
+  values: Uint32Array | Float64Array;
   kinds: Uint8Array;
   words: Uint32Array;
   others: [number, string][];
@@ -1571,15 +1571,43 @@ export function addressHash(ipv6: boolean, w0: number, w1: number, w2: number, w
 }
 
 /**
+ * The buffer of `array` with room for `length` elements of it, the first ones kept and the rest
+ * zero. The buffer is moved where it can be (`ArrayBuffer.prototype.transfer`), so the old one is
+ * freed at once: a replaced array of a table that has lived long would otherwise be kept until
+ * the next full collection, and a million addresses would leave tens of MB of them behind.
+ */
+function resizedBuffer(
+  array: Uint8Array | Uint32Array | Float64Array,
+  length: number,
+): ArrayBuffer {
+  const bytes = length * array.BYTES_PER_ELEMENT;
+  const buffer = array.buffer;
+  if (buffer instanceof ArrayBuffer && array.byteOffset === 0 && !buffer.detached) {
+    return buffer.transfer(bytes);
+  }
+  const copy = new Uint8Array(bytes);
+  copy.set(new Uint8Array(buffer, array.byteOffset, Math.min(array.byteLength, bytes)));
+  return copy.buffer;
+}
+
+/** Frees the memory of `array`, which is not used any more, at once (see {@link resizedBuffer}). */
+function free(array: Int32Array): void {
+  if (array.buffer instanceof ArrayBuffer && !array.buffer.detached) array.buffer.transfer(0);
+}
+
+/**
  * Numbers per address in little memory, since a million attacking addresses must not take a
  * gigabyte: addresses in canonical form live as numbers in typed arrays (IPv4 one 32-bit word,
- * IPv6 four), about 30 bytes an address plus 16 for IPv6 (dense entries in first-seen order,
- * and an open-addressing hash table over them); any other text in a Map. It behaves like a
+ * IPv6 four, counts as 32-bit words), 9 bytes an address plus 16 for IPv6 in dense entries in
+ * first-seen order (room for up to twice as many) and 4 to 11 in an open-addressing hash table
+ * over them; any other text in a Map. It behaves like a
  * `Map<string, number>` in the ways sipcheck uses one, iterating in first-seen order.
  */
 export class AddressCounts {
   #keys: Uint32Array = new Uint32Array(256); // IPv4: the address; IPv6: its number in #words
-  #values: Float64Array = new Float64Array(256);
+  // Counts fit 32 bits (4 bytes an address less than a float); a value that does not turns
+  // them into floats (see #store).
+  #values: Uint32Array | Float64Array = new Uint32Array(256);
   #kinds: Uint8Array = new Uint8Array(256); // IPV4, IPV6, OTHER or DELETED
   #used = 0; // entries handed out
   #live = 0; // entries not deleted
@@ -1683,7 +1711,7 @@ export class AddressCounts {
   #put(address: string, value: number, add: boolean): void {
     if (this.#read(address)) return this.#putLookedUp(value, add);
     const entry = this.#others.get(address);
-    if (entry !== undefined) this.#values[entry] = add ? this.#values[entry] + value : value;
+    if (entry !== undefined) this.#store(entry, add ? this.#values[entry] + value : value);
     else {
       const added = this.#append(value);
       this.#others.set(address, added);
@@ -1696,7 +1724,7 @@ export class AddressCounts {
     let slot = this.#slotOf();
     if (slot >= 0) {
       const entry = this.#slots[slot] - 1;
-      this.#values[entry] = add ? this.#values[entry] + value : value;
+      this.#store(entry, add ? this.#values[entry] + value : value);
       return;
     }
     if ((this.#filled + 1) * 4 > this.#slots.length * 3) {
@@ -1706,6 +1734,15 @@ export class AddressCounts {
     slot = -1 - slot;
     if (this.#slots[slot] === 0) this.#filled++;
     this.#slots[slot] = this.#append(value) + 1;
+  }
+
+  /** Sets the value of entry `entry`; one that is not a 32-bit count turns the values into
+   * floats first. */
+  #store(entry: number, value: number): void {
+    if (value >>> 0 !== value && this.#values instanceof Uint32Array) {
+      this.#values = Float64Array.from(this.#values);
+    }
+    this.#values[entry] = value;
   }
 
   /** Adds every value of `other` (counts, or a {@link snapshot} of them) to this one's
@@ -1756,9 +1793,7 @@ export class AddressCounts {
     if (kind === IPV4) key = this.#w0;
     else if (kind === IPV6) {
       if (this.#sixes * 4 === this.#words.length) {
-        const words = new Uint32Array(Math.max(256, this.#words.length * 2));
-        words.set(this.#words);
-        this.#words = words;
+        this.#words = new Uint32Array(resizedBuffer(this.#words, Math.max(256, this.#sixes * 8)));
       }
       const at = this.#sixes * 4;
       this.#words[at] = this.#w0;
@@ -1768,7 +1803,7 @@ export class AddressCounts {
       key = this.#sixes++;
     }
     this.#keys[entry] = key;
-    this.#values[entry] = value;
+    this.#store(entry, value);
     this.#kinds[entry] = kind;
     this.#live++;
     return entry;
@@ -1776,13 +1811,11 @@ export class AddressCounts {
 
   #grow(): void {
     const capacity = Math.max(256, this.#used * 2);
-    const keys = new Uint32Array(capacity);
-    const values = new Float64Array(capacity);
-    const kinds = new Uint8Array(capacity);
-    keys.set(this.#keys.subarray(0, this.#used));
-    values.set(this.#values.subarray(0, this.#used));
-    kinds.set(this.#kinds.subarray(0, this.#used));
-    [this.#keys, this.#values, this.#kinds] = [keys, values, kinds];
+    this.#keys = new Uint32Array(resizedBuffer(this.#keys, capacity));
+    this.#values = this.#values instanceof Uint32Array
+      ? new Uint32Array(resizedBuffer(this.#values, capacity))
+      : new Float64Array(resizedBuffer(this.#values, capacity));
+    this.#kinds = new Uint8Array(resizedBuffer(this.#kinds, capacity));
   }
 
   /** A table of at least twice the live entries, without deleted slots (the address being
@@ -1791,6 +1824,7 @@ export class AddressCounts {
     const [kind, w0, w1, w2, w3] = [this.#kind, this.#w0, this.#w1, this.#w2, this.#w3];
     let size = 512;
     while (size < (this.#live + 1) * 2) size *= 2;
+    free(this.#slots);
     this.#slots = new Int32Array(size);
     this.#shift = 32 - Math.log2(size);
     this.#filled = 0;
@@ -1811,7 +1845,7 @@ export class AddressCounts {
 
   #compactTo(entries: [string, number][]): void {
     this.#keys = new Uint32Array(Math.max(256, entries.length * 2));
-    this.#values = new Float64Array(this.#keys.length);
+    this.#values = new Uint32Array(this.#keys.length);
     this.#kinds = new Uint8Array(this.#keys.length);
     this.#used = this.#live = 0;
     this.#words = new Uint32Array(256);

@@ -545,6 +545,32 @@ describe("AddressCounts (a Map of addresses in little memory)", () => {
       assert.ok(spread(hashes) > 45000, `${name}: ${spread(hashes)} distinct slots`);
     }
   });
+  test("values that are not 32-bit counts are kept exactly, before and after growing", () => {
+    // Counts are kept in 32 bits; a value that does not fit turns them all into floats.
+    const counts = new AddressCounts();
+    const model = new Map<string, number>();
+    const put = (address: string, value: number) => {
+      counts.set(address, value);
+      model.set(address, value);
+    };
+    for (let i = 0; i < 300; i++) put(`192.0.${i >> 8}.${i & 255}`, i);
+    counts.add("192.0.0.7", 2 ** 32 - 1 - 7);
+    model.set("192.0.0.7", 2 ** 32 - 1);
+    assert.deepEqual([...counts], [...model], "the largest 32-bit count");
+    counts.add("192.0.0.7", 1);
+    model.set("192.0.0.7", 2 ** 32);
+    put("2001:db8::1", 2 ** 53);
+    put("x", -1);
+    put("198.51.100.1", 0.5);
+    // Growing after the change keeps the floats (and the entries before it).
+    for (let i = 0; i < 5000; i++) put(`10.0.${i >> 8}.${i & 255}`, i + 0.25);
+    assert.deepEqual([...counts], [...model]);
+    assert.deepEqual([...AddressCounts.from(counts.snapshot())], [...model], "through a snapshot");
+    const merged = new AddressCounts();
+    merged.merge(counts.snapshot(), "add");
+    merged.merge(counts, "add");
+    assert.deepEqual([...merged], [...model].map(([text, value]) => [text, 2 * value]), "merged");
+  });
   test("a million IPv4 addresses", () => {
     const counts = new AddressCounts();
     for (let i = 0; i < 1_000_000; i++) counts.set(`10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`, i);
