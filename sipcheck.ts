@@ -1597,8 +1597,15 @@ function resizedBuffer(
 }
 
 /** Frees the memory of `array`, which is not used any more, at once (see {@link resizedBuffer}). */
-function free(array: Int32Array): void {
+function free(array: ArrayBufferView): void {
   if (array.buffer instanceof ArrayBuffer && !array.buffer.detached) array.buffer.transfer(0);
+}
+
+/** Frees the arrays of a snapshot that has been merged and is not used any more (a worker's part
+ * of a million addresses holds 20 MB of them); counts in a table are left to the collector. */
+function release(counts: AddressCounts | CountsSnapshot): void {
+  if (counts instanceof AddressCounts) return;
+  for (const array of [counts.keys, counts.values, counts.kinds, counts.words]) free(array);
 }
 
 /**
@@ -2990,8 +2997,11 @@ export async function scanFile(
       }
     }
     const parts = [...await Promise.all(assigned.map(({ result }) => result)), ...taken];
+    // The workers are done: their memory goes before the join needs more.
+    for (const { worker } of readers) worker.terminate();
     for (const { tally: part, firstTries } of parts.sort((a, b) => a.countFrom - b.countFrom)) {
       joinTally(tally, part, firstTries);
+      for (const counts of [part.counts, part.lastTries, firstTries]) release(counts);
     }
   } finally {
     closeSync(fd);
