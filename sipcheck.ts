@@ -132,7 +132,8 @@ export const EXIT = {
  * alive is mostly the string being read, and V8 grows the young generation by what survives; the
  * main thread, whose young generation cannot be capped from inside (a worker's is, see
  * WORKER_YOUNG_GENERATION_MB), reads in smaller strings: the million-address log peaked at a
- * median 123 MiB instead of 129 (1.65 GB log: 98 instead of 104), with no slowdown that showed.
+ * median 123 MiB instead of 129 (1.65 GB log: 92 to 103 instead of 101 to 107), with no slowdown
+ * that showed.
  */
 const CHUNK_SIZE = isMainThread ? 16 << 10 : 32 << 10;
 /** Bytes a scanner reads from a file at a time: fewer system calls than CHUNK_SIZE. */
@@ -1577,26 +1578,26 @@ export function addressHash(ipv6: boolean, w0: number, w1: number, w2: number, w
 }
 
 /**
- * The buffer of `array` with room for `length` elements of it, the first ones kept and the rest
- * zero. The buffer is moved where it can be (`ArrayBuffer.prototype.transfer`), so the old one is
- * freed at once: a replaced array of a table that has lived long would otherwise be kept until
- * the next full collection, and a million addresses would leave tens of MB of them behind.
+ * `array` with room for `length` elements, the first ones kept and the rest zero (an array of the
+ * same type). Its buffer is moved where it can be (`ArrayBuffer.prototype.transfer`), so the old
+ * one is freed at once: a replaced array of a table that has lived long would otherwise be kept
+ * until the next full collection, and a million addresses would leave tens of MB of them behind.
  */
-function resizedBuffer(
-  array: Uint8Array | Uint32Array | Float64Array,
-  length: number,
-): ArrayBuffer {
+function resized<T extends Uint8Array | Uint32Array | Float64Array>(array: T, length: number): T {
   const bytes = length * array.BYTES_PER_ELEMENT;
-  const buffer = array.buffer;
-  if (buffer instanceof ArrayBuffer && array.byteOffset === 0 && !buffer.detached) {
-    return buffer.transfer(bytes);
+  const source = array.buffer;
+  let buffer: ArrayBuffer;
+  if (source instanceof ArrayBuffer && array.byteOffset === 0) buffer = source.transfer(bytes);
+  else {
+    buffer = new ArrayBuffer(bytes);
+    new Uint8Array(buffer).set(
+      new Uint8Array(source, array.byteOffset, Math.min(array.byteLength, bytes)),
+    );
   }
-  const copy = new Uint8Array(bytes);
-  copy.set(new Uint8Array(buffer, array.byteOffset, Math.min(array.byteLength, bytes)));
-  return copy.buffer;
+  return new (array.constructor as new (buffer: ArrayBuffer) => T)(buffer);
 }
 
-/** Frees the memory of `array`, which is not used any more, at once (see {@link resizedBuffer}). */
+/** Frees the memory of `array`, which is not used any more, at once (see {@link resized}). */
 function free(array: ArrayBufferView): void {
   if (array.buffer instanceof ArrayBuffer && !array.buffer.detached) array.buffer.transfer(0);
 }
@@ -1806,7 +1807,7 @@ export class AddressCounts {
     if (kind === IPV4) key = this.#w0;
     else if (kind === IPV6) {
       if (this.#sixes * 4 === this.#words.length) {
-        this.#words = new Uint32Array(resizedBuffer(this.#words, Math.max(256, this.#sixes * 8)));
+        this.#words = resized(this.#words, Math.max(256, this.#sixes * 8));
       }
       const at = this.#sixes * 4;
       this.#words[at] = this.#w0;
@@ -1824,11 +1825,9 @@ export class AddressCounts {
 
   #grow(): void {
     const capacity = Math.max(256, this.#used * 2);
-    this.#keys = new Uint32Array(resizedBuffer(this.#keys, capacity));
-    this.#values = this.#values instanceof Uint32Array
-      ? new Uint32Array(resizedBuffer(this.#values, capacity))
-      : new Float64Array(resizedBuffer(this.#values, capacity));
-    this.#kinds = new Uint8Array(resizedBuffer(this.#kinds, capacity));
+    this.#keys = resized(this.#keys, capacity);
+    this.#values = resized(this.#values, capacity);
+    this.#kinds = resized(this.#kinds, capacity);
   }
 
   /** A table of at least twice the live entries, without deleted slots (the address being
@@ -2947,6 +2946,7 @@ export async function scanFile(
 ): Promise<void> {
   const fd = openSync(path, "r");
   const readers: Reader[] = [];
+  let parts: PartResult[];
   try {
     const size = fstatSync(fd).size;
     const count = size < parallelMin || !mayStartReaders()
@@ -2996,16 +2996,15 @@ export async function scanFile(
         taken.push(result);
       }
     }
-    const parts = [...await Promise.all(assigned.map(({ result }) => result)), ...taken];
-    // The workers are done: their memory goes before the join needs more.
-    for (const { worker } of readers) worker.terminate();
-    for (const { tally: part, firstTries } of parts.sort((a, b) => a.countFrom - b.countFrom)) {
-      joinTally(tally, part, firstTries);
-      for (const counts of [part.counts, part.lastTries, firstTries]) release(counts);
-    }
+    parts = [...await Promise.all(assigned.map(({ result }) => result)), ...taken];
   } finally {
     closeSync(fd);
+    // Done or failed, the workers end here: their memory goes before the join needs more.
     for (const { worker } of readers) worker.terminate();
+  }
+  for (const { tally: part, firstTries } of parts.sort((a, b) => a.countFrom - b.countFrom)) {
+    joinTally(tally, part, firstTries);
+    for (const counts of [part.counts, part.lastTries, firstTries]) release(counts);
   }
 }
 
