@@ -276,26 +276,82 @@ const CHAR_COLON = 58;
 const CHAR_LESS_THAN = 60;
 const CHAR_CLOSE_BRACKET = 93;
 
+/** The character codes of `text`, a fixed text that the readers compare bytes with. */
+function ascii(text: string): Uint8Array {
+  return writeTextBytes(text, new Uint8Array(text.length));
+}
+
+/** True when `b` holds `text` (see {@link ascii}) at `at`: `s.startsWith` on bytes, twice as
+ * fast. */
+function hasAt(b: Uint8Array, at: number, text: Uint8Array): boolean {
+  if (at < 0 || at + text.length > b.length) return false;
+  for (let i = 0; i < text.length; i++) if (b[at + i] !== text[i]) return false;
+  return true;
+}
+
+/** Where {@link textBytes} writes a text of up to 64 characters (nearly always an address). */
+const TEXT_SCRATCH = new ArrayBuffer(64);
+
+/**
+ * The bytes the hand-written readers look at for `text`, read as characters of a log line: each
+ * character's code, or 0xFF for one above 255. They look only for ASCII, and no other character
+ * can pass for it. (The scanner reads a log's bytes as Latin-1 text, so there the bytes are the
+ * log's own.) A short text's bytes are in memory the next call reuses: the caller reads them
+ * before it calls this again (a new array each time costs more than reading an address).
+ */
+function textBytes(text: string): Uint8Array {
+  const length = text.length;
+  return writeTextBytes(
+    text,
+    length <= TEXT_SCRATCH.byteLength
+      ? new Uint8Array(TEXT_SCRATCH, 0, length)
+      : new Uint8Array(length),
+  );
+}
+
+/** {@link textBytes} written into `bytes`, which has room for them. */
+function writeTextBytes(text: string, bytes: Uint8Array): Uint8Array {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    bytes[i] = c < 256 ? c : 255;
+  }
+  return bytes;
+}
+
+/** Where {@link lineBytes} writes; it grows to the longest line read as text. */
+let lineScratch = new ArrayBuffer(1024);
+
+/**
+ * {@link textBytes} of a line that {@link parseLine} reads, in memory that the next line reuses;
+ * apart from textBytes', as an address in the line is read while the line is.
+ */
+function lineBytes(line: string): Uint8Array {
+  if (line.length > lineScratch.byteLength) {
+    lineScratch = new ArrayBuffer(Math.max(line.length, lineScratch.byteLength * 2));
+  }
+  return writeTextBytes(line, new Uint8Array(lineScratch, 0, line.length));
+}
+
 /** The first `char` (a character code) in s[from, end), or -1. Unlike `s.indexOf`, it does not
  * search on through the lines after `end` when the line lacks it. */
-function indexIn(s: string, char: number, from: number, end: number): number {
-  for (let i = from; i < end; i++) if (s.charCodeAt(i) === char) return i;
+function indexIn(b: Uint8Array, char: number, from: number, end: number): number {
+  for (let i = from; i < end; i++) if (b[i] === char) return i;
   return -1;
 }
 
 /** The last `char` (a character code) in s[start, before], or -1. `s.lastIndexOf` would search
  * back through the lines before `start`, and V8 runs it outside the compiled code. */
-function lastIndexIn(s: string, char: number, before: number, start: number): number {
-  for (let i = before; i >= start; i--) if (s.charCodeAt(i) === char) return i;
+function lastIndexIn(b: Uint8Array, char: number, before: number, start: number): number {
+  for (let i = before; i >= start; i--) if (b[i] === char) return i;
   return -1;
 }
 
 /** True if s[from, end) is `:` and one to five digits. */
-function isPortSuffix(s: string, from: number, end: number): boolean {
+function isPortSuffix(b: Uint8Array, from: number, end: number): boolean {
   const digits = end - from - 1;
-  if (digits < 1 || digits > 5 || s.charCodeAt(from) !== 58 /* : */) return false;
+  if (digits < 1 || digits > 5 || b[from] !== 58 /* : */) return false;
   for (let i = from + 1; i < end; i++) {
-    const c = s.charCodeAt(i);
+    const c = b[i];
     if (c < 48 || c > 57) return false;
   }
   return true;
@@ -307,7 +363,7 @@ function isPortSuffix(s: string, from: number, end: number): boolean {
  * address in the given form (a host name, `(null)`, garbage).
  */
 export function normaliseAddress(text: string, form: AddressForm): string | null {
-  return readAddress(text, 0, text.length, form);
+  return readAddress(text, textBytes(text), 0, text.length, form);
 }
 
 /**
@@ -315,30 +371,36 @@ export function normaliseAddress(text: string, form: AddressForm): string | null
  * log it holds, so an address is copied out only once, and rewritten only when Asterisk did not
  * print it in its normal form already. Leaves what it read in {@link lastAddress}.
  */
-function readAddress(s: string, start: number, end: number, form: AddressForm): string | null {
-  const quadEnd = dottedQuadEnd(s, start, end);
+function readAddress(
+  s: string,
+  b: Uint8Array,
+  start: number,
+  end: number,
+  form: AddressForm,
+): string | null {
+  const quadEnd = dottedQuadEnd(b, start, end);
   if (quadEnd !== -1) {
     // IPv4 (no IPv6 text starts with a dotted quad): `a.b.c.d`, and `:port` where the form has one.
     const valid = quadEnd === end
       ? form !== "srcname"
-      : form !== "bare" && isPortSuffix(s, quadEnd, end);
+      : form !== "bare" && isPortSuffix(b, quadEnd, end);
     return valid ? rememberIPv4(s.slice(start, quadEnd), quadNumber) : null;
   }
   let hostEnd = end;
-  if (s.charCodeAt(start) === 91 /* [ */) {
-    const close = indexIn(s, CHAR_CLOSE_BRACKET, start, end);
-    if (form === "bare" || close === -1 || !isPortSuffix(s, close + 1, end)) {
+  if (b[start] === 91 /* [ */) {
+    const close = indexIn(b, CHAR_CLOSE_BRACKET, start, end);
+    if (form === "bare" || close === -1 || !isPortSuffix(b, close + 1, end)) {
       return null;
     }
     start++;
     hostEnd = close;
   } else if (form === "sockaddr") return null; // it brackets IPv6 (and always adds the port)
   else if (form === "srcname") {
-    const lastColon = lastIndexIn(s, CHAR_COLON, end - 1, start);
-    if (lastColon < start || !isPortSuffix(s, lastColon, end)) return null;
+    const lastColon = lastIndexIn(b, CHAR_COLON, end - 1, start);
+    if (lastColon < start || !isPortSuffix(b, lastColon, end)) return null;
     hostEnd = lastColon;
   }
-  return readIPv6Host(s, start, hostEnd);
+  return readIPv6Host(s, b, start, hostEnd);
 }
 
 /** The address {@link dottedQuadEnd} last read, as a 32-bit number. */
@@ -347,21 +409,21 @@ let quadNumber = 0;
 /** Where the IPv4 address in canonical dotted form (no leading zeros) that starts s[start, end)
  * ends, or -1 if it does not start with one; what follows is for the caller to judge. The address
  * is left in {@link quadNumber}. */
-function dottedQuadEnd(s: string, start: number, end: number): number {
+function dottedQuadEnd(b: Uint8Array, start: number, end: number): number {
   let i = start;
   let number = 0;
   for (let octet = 0; octet < 4; octet++) {
     if (octet > 0) {
-      if (i >= end || s.charCodeAt(i) !== 46 /* . */) return -1;
+      if (i >= end || b[i] !== 46 /* . */) return -1;
       i++;
     }
-    const first = i < end ? s.charCodeAt(i) - 48 : -1;
+    const first = i < end ? b[i] - 48 : -1;
     if (!(first >= 0 && first <= 9)) return -1;
     let value = first;
     i++;
     if (first !== 0) {
       for (let digits = 1; digits < 3 && i < end; digits++, i++) {
-        const digit = s.charCodeAt(i) - 48;
+        const digit = b[i] - 48;
         if (!(digit >= 0 && digit <= 9)) break;
         value = value * 10 + digit;
       }
@@ -369,7 +431,7 @@ function dottedQuadEnd(s: string, start: number, end: number): number {
     }
     number = number * 256 + value;
   }
-  const next = i < end ? s.charCodeAt(i) : -1;
+  const next = i < end ? b[i] : -1;
   if (next >= 48 && next <= 57) return -1;
   quadNumber = number;
   return i;
@@ -377,7 +439,7 @@ function dottedQuadEnd(s: string, start: number, end: number): number {
 
 /** The dotted IPv4 text as a 32-bit number, or -1 if it is not one (in its one canonical form). */
 function ipv4Number(text: string): number {
-  return dottedQuadEnd(text, 0, text.length) === text.length ? quadNumber : -1;
+  return dottedQuadEnd(textBytes(text), 0, text.length) === text.length ? quadNumber : -1;
 }
 
 /** Writes the decimal digits of `n`, a whole number from 0 to 2^53, as ASCII into `bytes` at
@@ -435,17 +497,18 @@ function rememberCanonical(text: string): boolean {
     rememberIPv4(text, ipv4);
     return true;
   }
-  if (!readIPv6(text, 0, text.length) || !isCanonicalIPv6(text, 0, text.length)) return false;
+  const b = textBytes(text);
+  if (!readIPv6(b, 0, text.length) || !isCanonicalIPv6(b, 0, text.length)) return false;
   rememberIPv6(text);
   return true;
 }
 
 /** The IPv6 host (no port, no brackets, maybe a zone) at s[start, end) normalised, or null if
  * it is not one. */
-function readIPv6Host(s: string, start: number, end: number): string | null {
-  const zone = indexIn(s, CHAR_PERCENT, start, end);
+function readIPv6Host(s: string, b: Uint8Array, start: number, end: number): string | null {
+  const zone = indexIn(b, CHAR_PERCENT, start, end);
   if (zone !== -1) end = zone;
-  if (!readIPv6(s, start, end)) return null;
+  if (!readIPv6(b, start, end)) return null;
   const g = IPV6_GROUPS;
   if (isMappedIPv4(g)) {
     const number = ((g[6] << 16) | g[7]) >>> 0;
@@ -453,7 +516,7 @@ function readIPv6Host(s: string, start: number, end: number): string | null {
     const text = embeddedQuadAt !== -1 ? s.slice(embeddedQuadAt, end) : ipv4Text(number);
     return rememberIPv4(text, number);
   }
-  return rememberIPv6(isCanonicalIPv6(s, start, end) ? s.slice(start, end) : ipv6Text(g));
+  return rememberIPv6(isCanonicalIPv6(b, start, end) ? s.slice(start, end) : ipv6Text(g));
 }
 
 function hexDigitValue(c: number): number {
@@ -475,27 +538,27 @@ let embeddedQuadAt = -1;
  * dotted IPv4 address as the last two groups. Read by hand: it is on the hot path of every IPv6
  * failure.
  */
-function readIPv6(s: string, start: number, end: number): boolean {
+function readIPv6(b: Uint8Array, start: number, end: number): boolean {
   const g = IPV6_GROUPS;
   let count = 0;
   let gap = -1; // where "::" stands among the groups
   let i = start;
   embeddedQuadAt = -1;
-  if (i < end && s.charCodeAt(i) === 58 /* : */) {
-    if (i + 1 >= end || s.charCodeAt(i + 1) !== 58) return false;
+  if (i < end && b[i] === 58 /* : */) {
+    if (i + 1 >= end || b[i + 1] !== 58) return false;
     gap = 0;
     i += 2;
   }
   while (i < end) {
     let value = 0;
     let j = i;
-    for (let digit; j < end && (digit = hexDigitValue(s.charCodeAt(j))) !== -1; j++) {
+    for (let digit; j < end && (digit = hexDigitValue(b[j])) !== -1; j++) {
       if (j - i === 4) return false;
       value = value * 16 + digit;
     }
     if (j === i) return false;
-    if (j < end && s.charCodeAt(j) === 46 /* . */) {
-      if (count > 6 || dottedQuadEnd(s, i, end) !== end) return false;
+    if (j < end && b[j] === 46 /* . */) {
+      if (count > 6 || dottedQuadEnd(b, i, end) !== end) return false;
       g[count++] = quadNumber >>> 16;
       g[count++] = quadNumber & 0xffff;
       embeddedQuadAt = i;
@@ -504,9 +567,9 @@ function readIPv6(s: string, start: number, end: number): boolean {
     if (count === 8) return false;
     g[count++] = value;
     if (j === end) break;
-    if (s.charCodeAt(j) !== 58 || j + 1 === end) return false;
+    if (b[j] !== 58 || j + 1 === end) return false;
     i = j + 1;
-    if (s.charCodeAt(i) === 58) {
+    if (b[i] === 58) {
       if (gap !== -1) return false;
       gap = count;
       i++;
@@ -525,7 +588,7 @@ function readIPv6(s: string, start: number, end: number): boolean {
  * one (see {@link readIPv6}).
  */
 export function ipv6Groups(text: string): number[] | null {
-  return readIPv6(text, 0, text.length) ? IPV6_GROUPS.slice() : null;
+  return readIPv6(textBytes(text), 0, text.length) ? IPV6_GROUPS.slice() : null;
 }
 
 /**
@@ -586,32 +649,30 @@ function writeIPv6(g: readonly number[], bytes: Uint8Array, at: number): number 
  * True when s[start, end), whose groups {@link readIPv6} has just read, is written exactly as
  * {@link ipv6Text} writes them; compared in place, without writing that text.
  */
-function isCanonicalIPv6(s: string, start: number, end: number): boolean {
+function isCanonicalIPv6(b: Uint8Array, start: number, end: number): boolean {
   const g = IPV6_GROUPS;
   if (isMappedIPv4(g)) return false; // written as IPv4
   const gap = longestZeroRun(g);
   let i = start;
   for (let k = 0; k < 8; k++) {
     if (k === gap.start) {
-      if (s.charCodeAt(i) !== 58 || s.charCodeAt(i + 1) !== 58) return false;
+      if (b[i] !== 58 || b[i + 1] !== 58) return false;
       i += 2;
       k += gap.length - 1;
       continue;
     }
     if (k > 0 && k !== gap.start + gap.length) {
-      if (s.charCodeAt(i) !== 58 /* : */) return false;
+      if (b[i] !== 58 /* : */) return false;
       i++;
     }
     const value = g[k];
     const digits = value < 16 ? 1 : value < 256 ? 2 : value < 4096 ? 3 : 4;
     for (let shift = 4 * (digits - 1); shift >= 0; shift -= 4) {
-      if (s.charCodeAt(i++) !== LOWER_HEX.charCodeAt((value >> shift) & 15)) return false;
+      if (b[i++] !== HEX_DIGITS[(value >> shift) & 15]) return false;
     }
   }
   return i === end;
 }
-
-const LOWER_HEX = "0123456789abcdef";
 
 /** True for the groups of an IPv4-mapped address (`::ffff:a.b.c.d`). */
 function isMappedIPv4(g: readonly number[]): boolean {
@@ -884,14 +945,16 @@ const SIP_REGISTER_REASONS = [
 ] as const;
 
 /** SIP_REGISTER_REASONS by length. */
-const REASONS_BY_LENGTH: string[][] = [];
-for (const reason of SIP_REGISTER_REASONS) (REASONS_BY_LENGTH[reason.length] ??= []).push(reason);
+const REASONS_BY_LENGTH: Uint8Array[][] = [];
+for (const reason of SIP_REGISTER_REASONS) {
+  (REASONS_BY_LENGTH[reason.length] ??= []).push(ascii(reason));
+}
 
-/** True when s[start, end) is one of SIP_REGISTER_REASONS. */
-function isSipRegisterReason(s: string, start: number, end: number): boolean {
+/** True when b[start, end) is one of SIP_REGISTER_REASONS. */
+function isSipRegisterReason(b: Uint8Array, start: number, end: number): boolean {
   const candidates = REASONS_BY_LENGTH[end - start];
   if (candidates === undefined) return false;
-  for (const reason of candidates) if (s.startsWith(reason, start)) return true;
+  for (const reason of candidates) if (hasAt(b, start, reason)) return true;
   return false;
 }
 
@@ -1070,7 +1133,7 @@ interface Family {
   /** Reads the message body s[start, end) (a line, or part of the chunk of log the scanner
    * holds); null when the body is not this family's. A search must not run past `end`; a fixed
    * text without CR or LF needs no such bound (`s.startsWith`), as a line ends in one. */
-  read: (s: string, start: number, end: number) => Failure | null;
+  read: (s: string, b: Uint8Array, start: number, end: number) => Failure | null;
 }
 
 /** A failure; the optional fields only when set, so that results compare simply in tests. */
@@ -1111,7 +1174,7 @@ function headFamily(
   return {
     name,
     levels,
-    read: (s, start, end) => readHead(name, s.slice(start, end), head, form, tail),
+    read: (s, _b, start, end) => readHead(name, s.slice(start, end), head, form, tail),
   };
 }
 
@@ -1126,7 +1189,7 @@ function tailFamily(
   return {
     name,
     levels,
-    read(s, start, end) {
+    read(s, _b, start, end) {
       const body = s.slice(start, end);
       const match = pattern.exec(body);
       if (match) return failure(name, normaliseAddress(match[1], form));
@@ -1149,22 +1212,25 @@ const NOTICE_OR_WARNING = ["NOTICE", "WARNING"] as const;
  * `/^Registration from '.*' failed for '([^']*)' - (?:REASON|…)$/s`. (No reason holds `'`, so the
  * last `'` of the line is the one before the reason.)
  */
+const REGISTRATION_FROM = ascii("Registration from '");
+const REASON_DASH = ascii("' - ");
+const FAILED_FOR = ascii("' failed for '");
 const sipRegister: Family = {
   name: "sip-register",
   levels: NOTICE,
-  read(s, start, end) {
-    if (!s.startsWith("Registration from '", start)) return null;
-    const dash = lastIndexIn(s, CHAR_QUOTE, end - 4, start);
+  read(s, b, start, end) {
+    if (!hasAt(b, start, REGISTRATION_FROM)) return null;
+    const dash = lastIndexIn(b, CHAR_QUOTE, end - 4, start);
     if (
-      dash < start + 19 || !s.startsWith("' - ", dash) || !isSipRegisterReason(s, dash + 4, end)
+      dash < start + 19 || !hasAt(b, dash, REASON_DASH) || !isSipRegisterReason(b, dash + 4, end)
     ) {
       return null;
     }
-    const addressStart = lastIndexIn(s, CHAR_QUOTE, dash - 1, start) + 1;
-    if (addressStart - 14 < start + 19 || !s.startsWith("' failed for '", addressStart - 14)) {
+    const addressStart = lastIndexIn(b, CHAR_QUOTE, dash - 1, start) + 1;
+    if (addressStart - 14 < start + 19 || !hasAt(b, addressStart - 14, FAILED_FOR)) {
       return null;
     }
-    return failure("sip-register", readAddress(s, addressStart, dash, "sockaddr"));
+    return failure("sip-register", readAddress(s, b, addressStart, dash, "sockaddr"));
   },
 };
 
@@ -1172,7 +1238,7 @@ const sipRegister: Family = {
 const sipCall: Family = {
   name: "sip-call",
   levels: NOTICE,
-  read(s, start, end) {
+  read(s, _b, start, end) {
     const body = s.slice(start, end);
     const reading = readHead("sip-call", body, SIP_CALL, "sockaddr", CALL_TAIL);
     if (reading) return reading;
@@ -1186,7 +1252,7 @@ const sipCall: Family = {
 const pjsipCall: Family = {
   name: "pjsip-call",
   levels: NOTICE,
-  read(s, start, end) {
+  read(s, _b, start, end) {
     const body = s.slice(start, end);
     return readHead("pjsip-call", body, PJSIP_CALL, "srcname", CALL_TAIL) ??
       readHead("pjsip-call", body, PJSIP_CALL_TRACE, "srcname", CALL_TAIL);
@@ -1203,40 +1269,40 @@ const pjsipCall: Family = {
 
 /** The end of a From field `<uri>`, or `"display" <uri>` with the display quoted on the wire;
  * -1 if there is no such field at s[start, end). */
-function endOfFrom(s: string, start: number, end: number): number {
-  const first = s.charCodeAt(start);
-  if (first === 60 /* < */) return endOfUri(s, start, end);
+function endOfFrom(b: Uint8Array, start: number, end: number): number {
+  const first = b[start];
+  if (first === 60 /* < */) return endOfUri(b, start, end);
   if (first !== 34 /* " */) return -1;
   let i = start + 1; // to the first unescaped quote
   while (i < end) {
-    const c = s.charCodeAt(i);
+    const c = b[i];
     if (c === 92 /* \ */) i += 2;
     else if (c === 34) break;
     else i++;
   }
-  return i < end && s.startsWith(" <", i + 1) ? endOfUri(s, i + 2, end) : -1;
+  return i < end && b[i + 1] === 32 && b[i + 2] === 60 ? endOfUri(b, i + 2, end) : -1;
 }
 
 /** The end of a From field `"display" <uri>` whose display was not quoted on the wire
  * (`"[^:<\r\n]*" <uri>`); -1 if there is no such field at s[start, end). */
-function endOfUnquotedFrom(s: string, start: number, end: number): number {
-  if (s.charCodeAt(start) !== 34 /* " */) return -1;
-  const angle = indexIn(s, CHAR_LESS_THAN, start + 1, end);
-  if (angle === -1 || angle < start + 3 || !s.startsWith('" ', angle - 2)) {
+function endOfUnquotedFrom(b: Uint8Array, start: number, end: number): number {
+  if (b[start] !== 34 /* " */) return -1;
+  const angle = indexIn(b, CHAR_LESS_THAN, start + 1, end);
+  if (angle === -1 || angle < start + 3 || b[angle - 2] !== 34 || b[angle - 1] !== 32) {
     return -1;
   }
   for (let i = start + 1; i < angle - 2; i++) {
-    const c = s.charCodeAt(i);
+    const c = b[i];
     if (c === 58 /* : */ || c === 13 || c === 10) return -1;
   }
-  return endOfUri(s, angle, end);
+  return endOfUri(b, angle, end);
 }
 
 /** `<` + `[^ "<>]*` + `>` at s[start, end); returns the index after `>`, or -1. */
-function endOfUri(s: string, start: number, end: number): number {
-  if (s.charCodeAt(start) !== 60) return -1;
+function endOfUri(b: Uint8Array, start: number, end: number): number {
+  if (b[start] !== 60) return -1;
   for (let i = start + 1; i < end; i++) {
-    const c = s.charCodeAt(i);
+    const c = b[i];
     if (c === 62 /* > */) return i + 1;
     if (c === 32 || c === 34 || c === 60) return -1;
   }
@@ -1245,52 +1311,64 @@ function endOfUri(s: string, start: number, end: number): number {
 
 /** The address of a PJSIP request line whose From field ends at `fromEnd`: the normalised address
  * (or null), or undefined when the line does not read that way. */
-function pjsipAddressAfter(s: string, fromEnd: number, end: number): string | null | undefined {
-  if (fromEnd === -1 || !s.startsWith("' failed for '", fromEnd)) return undefined;
+function pjsipAddressAfter(
+  s: string,
+  b: Uint8Array,
+  fromEnd: number,
+  end: number,
+): string | null | undefined {
+  if (fromEnd === -1 || !hasAt(b, fromEnd, FAILED_FOR)) return undefined;
   const addressStart = fromEnd + 14;
-  const addressEnd = indexIn(s, CHAR_QUOTE, addressStart, end);
-  if (addressEnd === -1 || !s.startsWith("' (callid: ", addressEnd)) {
+  const addressEnd = indexIn(b, CHAR_QUOTE, addressStart, end);
+  if (addressEnd === -1 || !hasAt(b, addressEnd, CALLID)) {
     return undefined;
   }
-  return readAddress(s, addressStart, addressEnd, "srcname");
+  return readAddress(s, b, addressStart, addressEnd, "srcname");
 }
+
+const CALLID = ascii("' (callid: ");
+const REQUEST_FROM = ascii("Request from '");
+const REQUEST = ascii("Request '");
+const FROM = ascii("from '");
+const MS = ascii(" ms");
+const TRIES_IN = ascii(" tries in ");
+const AFTER = ascii(" after ");
 
 /** Where the From field of a PJSIP request line s[start, end) starts, or -1 if the line is not
  * one: `Request from '` (P1) or `Request '<method>' from '`. */
-function pjsipFromStart(s: string, start: number, end: number): number {
-  if (s.startsWith("Request from '", start)) return start + 14;
-  if (!s.startsWith("Request '", start)) return -1;
-  const space = indexIn(s, CHAR_SPACE, start + 9, end);
+function pjsipFromStart(b: Uint8Array, start: number, end: number): number {
+  if (hasAt(b, start, REQUEST_FROM)) return start + 14;
+  if (!hasAt(b, start, REQUEST)) return -1;
+  const space = indexIn(b, CHAR_SPACE, start + 9, end);
   if (
-    space === -1 || space < start + 11 || s.charCodeAt(space - 1) !== 39 ||
-    !s.startsWith("from '", space + 1)
+    space === -1 || space < start + 11 || b[space - 1] !== 39 || !hasAt(b, space + 1, FROM)
   ) {
     return -1;
   }
-  for (let i = start + 9; i < space - 1; i++) if (METHOD_CHARS[s.charCodeAt(i)] !== 1) return -1;
+  for (let i = start + 9; i < space - 1; i++) if (METHOD_CHARS[b[i]] !== 1) return -1;
   return space + 7;
 }
 
 /** N of the fixed end ` after N tries in X.Y ms` (`/ after (\d+) tries in \d+\.\d+ ms$/`) that
  * a request line s[start, end) has when its endpoint uses identify_by=auth_username (13.10+), or
  * -1. Read from the right: what follows its ` after ` holds no other. */
-function pjsipTries(s: string, start: number, end: number): number {
-  if (end - start < 3 || !s.startsWith(" ms", end - 3)) return -1;
-  const fraction = digitsStart(s, start, end - 3);
-  if (fraction === end - 3 || s.charCodeAt(fraction - 1) !== 46 /* . */) return -1;
-  const whole = digitsStart(s, start, fraction - 1);
-  if (whole === fraction - 1 || whole - 10 < start || !s.startsWith(" tries in ", whole - 10)) {
+function pjsipTries(s: string, b: Uint8Array, start: number, end: number): number {
+  if (end - start < 3 || !hasAt(b, end - 3, MS)) return -1;
+  const fraction = digitsStart(b, start, end - 3);
+  if (fraction === end - 3 || b[fraction - 1] !== 46 /* . */) return -1;
+  const whole = digitsStart(b, start, fraction - 1);
+  if (whole === fraction - 1 || whole - 10 < start || !hasAt(b, whole - 10, TRIES_IN)) {
     return -1;
   }
-  const tries = digitsStart(s, start, whole - 10);
-  if (tries === whole - 10 || tries - 7 <= start || !s.startsWith(" after ", tries - 7)) return -1;
+  const tries = digitsStart(b, start, whole - 10);
+  if (tries === whole - 10 || tries - 7 <= start || !hasAt(b, tries - 7, AFTER)) return -1;
   return Number(s.slice(tries, whole - 10));
 }
 
 /** The start of the run of digits that ends at `end` (not before `start`). */
-function digitsStart(s: string, start: number, end: number): number {
+function digitsStart(b: Uint8Array, start: number, end: number): number {
   let i = end;
-  while (i > start && isDigit(s.charCodeAt(i - 1))) i--;
+  while (i > start && isDigit(b[i - 1])) i--;
   return i;
 }
 
@@ -1305,20 +1383,22 @@ function digitsStart(s: string, start: number, end: number): number {
 const pjsipRequest: Family = {
   name: "pjsip-request",
   levels: NOTICE,
-  read(s, start, end) {
-    const from = pjsipFromStart(s, start, end);
+  read(s, b, start, end) {
+    const from = pjsipFromStart(b, start, end);
     if (from === -1) return null;
-    const quotedEnd = endOfFrom(s, from, end);
-    const unquotedEnd = endOfUnquotedFrom(s, from, end);
-    const quoted = pjsipAddressAfter(s, quotedEnd, end);
-    const unquoted = unquotedEnd === quotedEnd ? undefined : pjsipAddressAfter(s, unquotedEnd, end);
+    const quotedEnd = endOfFrom(b, from, end);
+    const unquotedEnd = endOfUnquotedFrom(b, from, end);
+    const quoted = pjsipAddressAfter(s, b, quotedEnd, end);
+    const unquoted = unquotedEnd === quotedEnd
+      ? undefined
+      : pjsipAddressAfter(s, b, unquotedEnd, end);
     // A display name ending in a backslash reads two ways, with the Call-ID supplying the second.
     if (quoted !== undefined && unquoted !== undefined && quoted !== unquoted) {
       return { family: "pjsip-request", address: null, ambiguous: true };
     }
     const address = quoted !== undefined ? quoted : unquoted;
     if (address === undefined) return null;
-    const tries = pjsipTries(s, start, end);
+    const tries = pjsipTries(s, b, start, end);
     return failure("pjsip-request", address, false, tries === -1 ? undefined : tries);
   },
 };
@@ -1333,7 +1413,7 @@ const pjsipRequest: Family = {
 const securityEvent: Family = {
   name: "security-event",
   levels: ["SECURITY"],
-  read(s, start, end) {
+  read(s, b, start, end) {
     // The head is matched in place (sticky, it cannot match past a line's end; and without
     // captures: on a 32 KB chunk of log a match with them costs about three times one without).
     SECURITY_HEAD.lastIndex = start;
@@ -1363,9 +1443,9 @@ const securityEvent: Family = {
       if (acl === null) continue;
       if (acl.startsWith("registrar_")) return null;
       // The value ends `/address/port"`, and an address holds no `/`.
-      const addressEnd = lastIndexIn(body, CHAR_SLASH, valueEnd - 2, 0);
-      const addressStart = lastIndexIn(body, CHAR_SLASH, addressEnd - 1, 0) + 1;
-      const candidate = readAddress(body, addressStart, addressEnd, "bare");
+      const addressEnd = lastIndexIn(b, CHAR_SLASH, start + valueEnd - 2, start);
+      const addressStart = lastIndexIn(b, CHAR_SLASH, addressEnd - 1, start) + 1;
+      const candidate = readAddress(s, b, addressStart, addressEnd, "bare");
       if (address !== undefined && candidate !== address) ambiguous = true;
       address = candidate;
     }
@@ -1420,7 +1500,7 @@ const SOURCES: readonly Source[] = [
     {
       name: "iax2-rejected",
       levels: NOTICE_OR_WARNING,
-      read(s, start, end) {
+      read(s, _b, start, end) {
         const body = s.slice(start, end);
         const match = IAX2_REJECTED.exec(body);
         if (!match) return null;
@@ -1466,13 +1546,14 @@ function readBody(
   level: string,
   source: Source,
   s: string,
+  b: Uint8Array,
   start: number,
   end: number,
   fromJson: boolean,
 ): Failure | null {
   for (const family of source.families) {
     if (!writtenAt(family, level)) continue;
-    const result = family.read(s, start, end);
+    const result = family.read(s, b, start, end);
     if (!result) continue;
     // A JSON record is one line whatever it holds: nothing after it can be forged.
     if (fromJson) delete result.openHead;
@@ -1499,7 +1580,7 @@ function parseJsonLine(line: string): Failure | null {
   if (source === null) return null;
   const body = (message.endsWith("\n") ? message.slice(0, -1) : message)
     .replace(JSON_LINE_BREAKS, "\ufffd");
-  return readBody(level, source, body, 0, body.length, true);
+  return readBody(level, source, body, lineBytes(body), 0, body.length, true);
 }
 
 /**
@@ -1508,33 +1589,39 @@ function parseJsonLine(line: string): Failure | null {
  * by level and source file; the address is read from the side of the message Asterisk writes.
  */
 export function parseLine(line: string): Failure | null {
+  return readLine(line, lineBytes(line));
+}
+
+/** {@link parseLine} of `line`, whose bytes (see {@link textBytes}) are `b`. */
+function readLine(line: string, b: Uint8Array): Failure | null {
   if (line.endsWith("\r")) line = line.slice(0, -1);
   if (line.charCodeAt(0) === 123 /* { */) return parseJsonLine(line);
   let prefix = readPrefix(line);
   if (!prefix && line.includes("\x1b")) {
     // Console output copied to the journal keeps its colours; only there are they stripped.
     line = line.replace(SGR, "");
+    b = lineBytes(line);
     prefix = readPrefix(line);
   }
   if (!prefix || prefix === IRRELEVANT) return null;
-  return readBody(prefix.level, prefix.source, line, prefix.body, line.length, false);
+  return readBody(prefix.level, prefix.source, line, b, prefix.body, line.length, false);
 }
 
 /**
  * The hot path's parseLine, for the line s[start, end) of a chunk: the same reading, with cheap
  * tests first so that the lines that cannot hold a failure, most of a log, cost next to nothing.
  */
-function readLineAt(s: string, start: number, end: number): Failure | null {
+function readLineAt(s: string, b: Uint8Array, start: number, end: number): Failure | null {
   if (s.charCodeAt(end - 1) === 13 /* CR */) end--;
   const prefix = readFilePrefix(s, start, end);
   if (prefix === IRRELEVANT) return null;
   if (prefix) {
     const starts = prefix.source.bodyStarts;
     if (starts !== null && starts[s.charCodeAt(prefix.body)] !== 1) return null;
-    return readBody(prefix.level, prefix.source, s, prefix.body, end, false);
+    return readBody(prefix.level, prefix.source, s, b, prefix.body, end, false);
   }
   const line = s.slice(start, end);
-  return mayHoldFailure(line) ? parseLine(line) : null;
+  return mayHoldFailure(line) ? readLine(line, b.subarray(start, end)) : null;
 }
 // ---------------------------------------------------------------------------------------------
 // Counting
@@ -2181,6 +2268,8 @@ export function createScanner(
   part?: ScanPart,
 ): Scanner {
   const buffer = Buffer.allocUnsafe(READ_SIZE + MAX_LINE + 1);
+  // The same bytes as a plain Uint8Array, as the readers get them from everywhere else.
+  const bytes = new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length);
   let used = 0; // bytes in buffer
   let offset = part?.offset ?? 0; // log offset of buffer[0]
   const countFrom = part?.countFrom ?? 0;
@@ -2224,7 +2313,7 @@ export function createScanner(
   }
 
   /** Counts and reads the lines of `s` (one more than its line feeds), from log offset `base`. */
-  function scanText(s: string, base: number): void {
+  function scanText(s: string, b: Uint8Array, base: number): void {
     const length = s.length;
     const counted = countFrom - base; // lines that start before it belong to the part before
     let lines = 0;
@@ -2235,7 +2324,7 @@ export function createScanner(
       if (end - start > MAX_LINE) {
         if (start >= counted) tally.longLines++;
       } else {
-        const failure = readLineAt(s, start, end);
+        const failure = readLineAt(s, b, start, end);
         if (failure !== null) record(failure, base + start, base + end);
       }
       if (end === length) break;
@@ -2285,14 +2374,20 @@ export function createScanner(
           continue;
         }
       }
-      scanText(buffer.toString("latin1", start, lf), offset + start);
+      scanText(buffer.toString("latin1", start, lf), bytes.subarray(start, lf), offset + start);
       start = lf + 1;
     }
     if (final && used > start) {
       if (used - start > MAX_LINE) {
         tally.lines++;
         tally.longLines++;
-      } else scanText(buffer.toString("latin1", start, used), offset + start);
+      } else {
+        scanText(
+          buffer.toString("latin1", start, used),
+          bytes.subarray(start, used),
+          offset + start,
+        );
+      }
       start = used;
     } else if (used - start > MAX_LINE) {
       skipping = true;
