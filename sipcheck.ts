@@ -855,26 +855,26 @@ function colonSpaceFrom(s: string, from: number): number {
  * or file is not one sipcheck reads (most lines of a log: they cost a few comparisons). Dialplan
  * Log() lines name the file `Ext. <exten>`; their body is taken from after `Ext. `.
  */
-function readFilePrefix(s: string, start: number, end: number): Prefix | null {
-  if (s.charCodeAt(start) !== 91 /* [ */) return null;
+function readFilePrefix(s: string, b: Uint8Array, start: number, end: number): Prefix | null {
+  if (b[start] !== 91 /* [ */) return null;
   const dateEnd = closeBracketFrom(s, start);
-  if (dateEnd + 1 >= end || s.charCodeAt(dateEnd + 1) !== 32) return null;
+  if (dateEnd + 1 >= end || b[dateEnd + 1] !== 32) return null;
   let p = dateEnd + 2;
   // Most lines are VERBOSE or DEBUG: one look at the level's first letter settles them.
-  const level = levelStartingWith(s.charCodeAt(p));
+  const level = levelStartingWith(b[p]);
   if (level === undefined || !s.startsWith(level, p)) return IRRELEVANT;
   p += level.length;
-  if (s.charCodeAt(p) === 32) p++;
-  if (s.charCodeAt(p) !== 91 || !isDigit(s.charCodeAt(p + 1))) return null;
-  for (p += 2; isDigit(s.charCodeAt(p)); p++);
-  if (s.charCodeAt(p++) !== 93 /* ] */) return null;
-  if (s.charCodeAt(p) === 91 && s.charCodeAt(p + 1) === 67 && s.charCodeAt(p + 2) === 45) {
-    for (let i = p + 3; i < p + 11; i++) if (!isLowerHex(s.charCodeAt(i))) return null;
-    if (s.charCodeAt(p + 11) !== 93) return null;
+  if (b[p] === 32) p++;
+  if (b[p] !== 91 || !isDigit(b[p + 1])) return null;
+  for (p += 2; isDigit(b[p]); p++);
+  if (b[p++] !== 93 /* ] */) return null;
+  if (b[p] === 91 && b[p + 1] === 67 && b[p + 2] === 45) {
+    for (let i = p + 3; i < p + 11; i++) if (!isLowerHex(b[i])) return null;
+    if (b[p + 11] !== 93) return null;
     p += 12;
   }
-  if (s.charCodeAt(p++) !== 32 || p >= end) return null;
-  if (s.charCodeAt(p) === 69 /* E */ && s.startsWith("Ext. ", p) && p + 5 <= end) {
+  if (b[p++] !== 32 || p >= end) return null;
+  if (b[p] === 69 /* E */ && s.startsWith("Ext. ", p) && p + 5 <= end) {
     return { level, source: DIALPLAN, body: p + 5 };
   }
   const colon = colonSpaceFrom(s, p);
@@ -902,8 +902,8 @@ function locatedPrefix(level: string, file: string): RegExp {
 const LOCATED_PREFIX = locatedPrefix("([A-Z][A-Z0-9_]*)", "([\\w./-]+\\.c)");
 
 /** Reads any of the prefixes above from a whole line. */
-function readPrefix(line: string): Prefix | null {
-  const prefix = readFilePrefix(line, 0, line.length);
+function readPrefix(line: string, b: Uint8Array): Prefix | null {
+  const prefix = readFilePrefix(line, b, 0, line.length);
   if (prefix) return prefix;
   const located = LOCATED_PREFIX.exec(line);
   if (!located) return null;
@@ -1594,14 +1594,17 @@ export function parseLine(line: string): Failure | null {
 
 /** {@link parseLine} of `line`, whose bytes (see {@link textBytes}) are `b`. */
 function readLine(line: string, b: Uint8Array): Failure | null {
-  if (line.endsWith("\r")) line = line.slice(0, -1);
+  if (line.endsWith("\r")) {
+    line = line.slice(0, -1);
+    b = b.subarray(0, line.length);
+  }
   if (line.charCodeAt(0) === 123 /* { */) return parseJsonLine(line);
-  let prefix = readPrefix(line);
+  let prefix = readPrefix(line, b);
   if (!prefix && line.includes("\x1b")) {
     // Console output copied to the journal keeps its colours; only there are they stripped.
     line = line.replace(SGR, "");
     b = lineBytes(line);
-    prefix = readPrefix(line);
+    prefix = readPrefix(line, b);
   }
   if (!prefix || prefix === IRRELEVANT) return null;
   return readBody(prefix.level, prefix.source, line, b, prefix.body, line.length, false);
@@ -1612,12 +1615,12 @@ function readLine(line: string, b: Uint8Array): Failure | null {
  * tests first so that the lines that cannot hold a failure, most of a log, cost next to nothing.
  */
 function readLineAt(s: string, b: Uint8Array, start: number, end: number): Failure | null {
-  if (s.charCodeAt(end - 1) === 13 /* CR */) end--;
-  const prefix = readFilePrefix(s, start, end);
+  if (b[end - 1] === 13 /* CR */) end--;
+  const prefix = readFilePrefix(s, b, start, end);
   if (prefix === IRRELEVANT) return null;
   if (prefix) {
     const starts = prefix.source.bodyStarts;
-    if (starts !== null && starts[s.charCodeAt(prefix.body)] !== 1) return null;
+    if (starts !== null && starts[b[prefix.body]] !== 1) return null;
     return readBody(prefix.level, prefix.source, s, b, prefix.body, end, false);
   }
   const line = s.slice(start, end);

@@ -144,6 +144,34 @@ describe("line endings and bytes", () => {
     const text = line.text.replace("<sip:", "<\u2028\u0085sip:");
     assert.equal(parseLine(text)?.address, line.address);
   });
+  test("a character above 255 is not read as the byte its code ends in", () => {
+    // The readers look at bytes; a character is not its low byte (U+0127 would be a quote,
+    // U+015D a `]`, U+0131 a `1`). Each change is checked with the character it would pass for.
+    const pjsip = ours.find((c) => c.family === "pjsip-request" && c.address)!;
+    const changes: [Case, string, string, string][] = [
+      [line, "' - ", "\u0127 - ", "' - "],
+      [pjsip, "' (callid: ", "\u0127 (callid: ", "' (callid: "],
+      [line, "] chan_sip.c: ", "\u015d chan_sip.c: ", "] chan_sip.c: "],
+    ];
+    for (const [c, from, wide, narrow] of changes) {
+      assert.ok(c.text.includes(from), c.text);
+      assert.equal(parseLine(c.text.replace(from, wide)), null, wide);
+      assert.equal(parseLine(c.text.replace(from, narrow))?.address, c.address);
+      const json = JSON.stringify({
+        logmsg: {
+          level: "NOTICE",
+          location: {
+            filename: c.family === "sip-register" ? "chan_sip.c" : "res_pjsip/pjsip_distributor.c",
+          },
+          message: c.text.slice(c.text.indexOf(": ") + 2).replace(from, wide) + "\n",
+        },
+      });
+      if (!from.startsWith("]")) assert.equal(parseLine(json), null, json);
+    }
+    const one = line.text.replace(`'${line.address}'`, `'${line.address!.slice(0, -1)}\u0131'`);
+    assert.notEqual(one, line.text);
+    assert.equal(parseLine(one)?.address ?? null, null);
+  });
 });
 
 describe("normaliseAddress", () => {
