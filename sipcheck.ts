@@ -775,35 +775,33 @@ function isLowerHex(c: number): boolean {
 /** The levels of the families sipcheck reads (dialplan Log() lines included). */
 const LEVELS = ["NOTICE", "WARNING", "SECURITY"] as const;
 
-/** The level of LEVELS that starts with this character code, if any. */
-function levelStartingWith(c: number): string | undefined {
-  switch (c) {
+const EXT = ascii("Ext. ");
+const NOTICE_NAME = ascii("NOTICE");
+const WARNING_NAME = ascii("WARNING");
+const SECURITY_NAME = ascii("SECURITY");
+
+/** The level of LEVELS written at b[at] (what follows is for the caller to judge), or `""`. One
+ * look at the first letter settles most lines, which are VERBOSE or DEBUG. */
+function levelWrittenAt(b: Uint8Array, at: number): string {
+  switch (b[at]) {
     case 78: // N
-      return "NOTICE";
+      return hasAt(b, at, NOTICE_NAME) ? "NOTICE" : "";
     case 87: // W
-      return "WARNING";
+      return hasAt(b, at, WARNING_NAME) ? "WARNING" : "";
     case 83: // S
-      return "SECURITY";
+      return hasAt(b, at, SECURITY_NAME) ? "SECURITY" : "";
   }
-  return undefined;
+  return "";
 }
 
 /** A prefix that is well formed but names a level or file sipcheck does not read. */
 const IRRELEVANT: Prefix = Object.freeze({ level: "", source: source("", null, []), body: 0 });
 
-/** The level written at s[start, end) if it is one sipcheck reads, or `""`. */
-function levelAt(s: string, start: number, end: number): string {
-  for (const level of LEVELS) {
-    if (level.length === end - start && s.startsWith(level, start)) return level;
-  }
-  return "";
-}
-
-/** The watched source file named at s[start, end), or null. */
-function watchedFileAt(s: string, start: number, end: number): Source | null {
+/** The watched source file named at b[start, end), or null. */
+function watchedFileAt(b: Uint8Array, start: number, end: number): Source | null {
   const candidates = SOURCES_BY_LENGTH[end - start];
   if (candidates === undefined) return null;
-  for (const source of candidates) if (s.startsWith(source.file, start)) return source;
+  for (const source of candidates) if (hasAt(b, start, source.name)) return source;
   return null;
 }
 
@@ -860,9 +858,8 @@ function readFilePrefix(s: string, b: Uint8Array, start: number, end: number): P
   const dateEnd = closeBracketFrom(s, start);
   if (dateEnd + 1 >= end || b[dateEnd + 1] !== 32) return null;
   let p = dateEnd + 2;
-  // Most lines are VERBOSE or DEBUG: one look at the level's first letter settles them.
-  const level = levelStartingWith(b[p]);
-  if (level === undefined || !s.startsWith(level, p)) return IRRELEVANT;
+  const level = levelWrittenAt(b, p);
+  if (level === "") return IRRELEVANT;
   p += level.length;
   if (b[p] === 32) p++;
   if (b[p] !== 91 || !isDigit(b[p + 1])) return null;
@@ -874,12 +871,12 @@ function readFilePrefix(s: string, b: Uint8Array, start: number, end: number): P
     p += 12;
   }
   if (b[p++] !== 32 || p >= end) return null;
-  if (b[p] === 69 /* E */ && s.startsWith("Ext. ", p) && p + 5 <= end) {
+  if (b[p] === 69 /* E */ && hasAt(b, p, EXT) && p + 5 <= end) {
     return { level, source: DIALPLAN, body: p + 5 };
   }
   const colon = colonSpaceFrom(s, p);
   if (colon >= end) return null;
-  const source = watchedFileAt(s, p, colon);
+  const source = watchedFileAt(b, p, colon);
   return source === null ? IRRELEVANT : { level, source, body: colon + 2 };
 }
 
@@ -909,8 +906,8 @@ function readPrefix(line: string, b: Uint8Array): Prefix | null {
   if (!located) return null;
   const source = located[2] === undefined
     ? DIALPLAN
-    : watchedFileAt(located[2], 0, located[2].length);
-  const level = levelAt(located[1], 0, located[1].length);
+    : watchedFileAt(textBytes(located[2]), 0, located[2].length);
+  const level = (LEVELS as readonly string[]).includes(located[1]) ? located[1] : "";
   return source === null || level === "" ? IRRELEVANT : { level, source, body: located[0].length };
 }
 
@@ -1460,6 +1457,8 @@ const securityEvent: Family = {
 interface Source {
   /** `__FILE__` of the writer, as the prefix names it; `Ext.` for dialplan Log() lines. */
   file: string;
+  /** Its name's character codes, for {@link watchedFileAt}. */
+  name: Uint8Array;
   /** The families it writes, in the order they are tried. */
   families: readonly Family[];
   /** 1 for each character code (0 to 255) a message body can start with, for the cheap test on
@@ -1474,7 +1473,7 @@ function source(file: string, bodyStarts: string | null, families: Family[]): So
     table = new Uint8Array(256);
     for (let i = 0; i < bodyStarts.length; i++) table[bodyStarts.charCodeAt(i)] = 1;
   }
-  return { file, families, bodyStarts: table };
+  return { file, name: ascii(file), families, bodyStarts: table };
 }
 
 /** FreePBX's dialplan warning, written by Log() with the file `Ext. <exten>`. */
@@ -1624,7 +1623,8 @@ function readLineAt(s: string, b: Uint8Array, start: number, end: number): Failu
     return readBody(prefix.level, prefix.source, s, b, prefix.body, end, false);
   }
   const line = s.slice(start, end);
-  return mayHoldFailure(line) ? readLine(line, b.subarray(start, end)) : null;
+  const bytes = b.subarray(start, end);
+  return mayHoldFailure(line, bytes) ? readLine(line, bytes) : null;
 }
 // ---------------------------------------------------------------------------------------------
 // Counting
@@ -2217,12 +2217,12 @@ export function joinTally(
  * `"filename":"…"` of a watched file or `Ext. `), or it holds colours that only parseLine strips.
  * Lines that pass are parsed in full.
  */
-function mayHoldFailure(line: string): boolean {
+function mayHoldFailure(line: string, b: Uint8Array): boolean {
   if (line.charCodeAt(0) === 123 /* { */) {
     const key = line.indexOf('"filename":"');
     const close = key === -1 ? -1 : line.indexOf('"', key + 12);
     return close !== -1 &&
-      (watchedFileAt(line, key + 12, close) !== null || line.startsWith("Ext. ", key + 12));
+      (watchedFileAt(b, key + 12, close) !== null || hasAt(b, key + 12, EXT));
   }
   return LOCATED_WATCHED.test(line) || line.includes("\x1b");
 }
