@@ -1447,7 +1447,7 @@ const securityEvent: Family = {
       const acl = securityTail(event, body.slice(valueEnd));
       if (acl === null) continue;
       if (acl.startsWith("registrar_")) return null;
-      // The value ends `/address/port"`, and an address holds no `/`.
+      // The value ends `/address/port"` (both slashes are in it), and an address holds no `/`.
       const addressEnd = lastIndexIn(b, CHAR_SLASH, start + valueEnd - 2, start);
       const addressStart = lastIndexIn(b, CHAR_SLASH, addressEnd - 1, start) + 1;
       const candidate = readAddress(s, b, addressStart, addressEnd, "bare");
