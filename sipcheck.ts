@@ -1631,8 +1631,7 @@ function readLineAt(s: string, b: Uint8Array, start: number, end: number): Failu
     return readBody(prefix.level, prefix.source, s, b, prefix.body, end, false);
   }
   const line = s.slice(start, end);
-  const bytes = b.subarray(start, end);
-  return mayHoldFailure(line, bytes) ? readLine(line, bytes) : null;
+  return mayHoldFailure(line, b, start) ? readLine(line, b.subarray(start, end)) : null;
 }
 // ---------------------------------------------------------------------------------------------
 // Counting
@@ -2223,14 +2222,15 @@ export function joinTally(
  * The cheap test for lines in the other formats (syslog, journal, `[plain]`, JSON): could the
  * line hold a failure? Its prefix has to name a level and a file sipcheck reads (in JSON, a
  * `"filename":"…"` of a watched file or `Ext. `), or it holds colours that only parseLine strips.
- * Lines that pass are parsed in full.
+ * Lines that pass are parsed in full. The line's bytes are b[at, at + line.length) (no new view
+ * of them for a line that fails: most lines here do, and a view costs more than the test).
  */
-function mayHoldFailure(line: string, b: Uint8Array): boolean {
+function mayHoldFailure(line: string, b: Uint8Array, at: number): boolean {
   if (line.charCodeAt(0) === 123 /* { */) {
     const key = line.indexOf('"filename":"');
     const close = key === -1 ? -1 : line.indexOf('"', key + 12);
     return close !== -1 &&
-      (watchedFileAt(b, key + 12, close) !== null || hasAt(b, key + 12, EXT));
+      (watchedFileAt(b, at + key + 12, at + close) !== null || hasAt(b, at + key + 12, EXT));
   }
   return LOCATED_WATCHED.test(line) || line.includes("\x1b");
 }
