@@ -1209,6 +1209,18 @@ const LOG_LEVELS = ["WARNING"] as const;
 /** chan_iax2 raised some of its messages to WARNING in 18.21, 20.6, 21.1 and 22. */
 const NOTICE_OR_WARNING = ["NOTICE", "WARNING"] as const;
 
+/** The fixed texts of the chan_sip registration and PJSIP request lines, as bytes (see hasAt). */
+const REGISTRATION_FROM = ascii("Registration from '");
+const REASON_DASH = ascii("' - ");
+const FAILED_FOR = ascii("' failed for '");
+const CALLID = ascii("' (callid: ");
+const REQUEST_FROM = ascii("Request from '");
+const REQUEST = ascii("Request '");
+const FROM = ascii("from '");
+const MS = ascii(" ms");
+const TRIES_IN = ascii(" tries in ");
+const AFTER = ascii(" after ");
+
 /**
  * channels/chan_sip.c handle_request_register(), 1.2 – 20.x:
  * `"Registration from '%s' failed for '%s' - %s\n"`. The To header (the caller's) comes first, so
@@ -1217,9 +1229,6 @@ const NOTICE_OR_WARNING = ["NOTICE", "WARNING"] as const;
  * `/^Registration from '.*' failed for '([^']*)' - (?:REASON|…)$/s`. (No reason holds `'`, so the
  * last `'` of the line is the one before the reason.)
  */
-const REGISTRATION_FROM = ascii("Registration from '");
-const REASON_DASH = ascii("' - ");
-const FAILED_FOR = ascii("' failed for '");
 const sipRegister: Family = {
   name: "sip-register",
   levels: NOTICE,
@@ -1330,14 +1339,6 @@ function pjsipAddressAfter(
   }
   return readAddress(s, b, addressStart, addressEnd, "srcname");
 }
-
-const CALLID = ascii("' (callid: ");
-const REQUEST_FROM = ascii("Request from '");
-const REQUEST = ascii("Request '");
-const FROM = ascii("from '");
-const MS = ascii(" ms");
-const TRIES_IN = ascii(" tries in ");
-const AFTER = ascii(" after ");
 
 /** Where the From field of a PJSIP request line b[start, end) starts, or -1 if the line is not
  * one: `Request from '` (P1) or `Request '<method>' from '`. */
@@ -1618,7 +1619,7 @@ function readLine(line: string, b: Uint8Array): Failure | null {
 }
 
 /**
- * The hot path's parseLine, for the line s[start, end) of a chunk: the same reading, with cheap
+ * The hot path's parseLine, for the line s[start, end) of a chunk (bytes `b`): the same reading, with cheap
  * tests first so that the lines that cannot hold a failure, most of a log, cost next to nothing.
  */
 function readLineAt(s: string, b: Uint8Array, start: number, end: number): Failure | null {
