@@ -1619,8 +1619,9 @@ function readLine(line: string, b: Uint8Array): Failure | null {
 }
 
 /**
- * The hot path's parseLine, for the line s[start, end) of a chunk (bytes `b`): the same reading, with cheap
- * tests first so that the lines that cannot hold a failure, most of a log, cost next to nothing.
+ * The hot path's parseLine, for the line s[start, end) of a chunk (bytes `b`): the same reading,
+ * with cheap tests first so that the lines that cannot hold a failure, most of a log, cost next to
+ * nothing.
  */
 function readLineAt(s: string, b: Uint8Array, start: number, end: number): Failure | null {
   if (b[end - 1] === 13 /* CR */) end--;
