@@ -326,18 +326,21 @@ function writeTextBytes(text: string, bytes: Uint8Array): Uint8Array {
   return bytes;
 }
 
-/** Where {@link lineBytes} writes; it grows to the longest line read as text. */
+/** Where {@link lineBytes} writes; it grows to the longest line read as text, up to MAX_LINE. */
 let lineScratch = new ArrayBuffer(1024);
 
 /**
  * {@link textBytes} of a line that {@link parseLine} reads, in memory that the next line reuses;
- * apart from textBytes', as an address in the line is read while the line is.
+ * apart from textBytes', as an address in the line is read while the line is. (A line longer than
+ * MAX_LINE, which the scanner never reads, gets memory of its own, so as not to be kept.)
  */
 function lineBytes(line: string): Uint8Array {
-  if (line.length > lineScratch.byteLength) {
-    lineScratch = new ArrayBuffer(Math.max(line.length, lineScratch.byteLength * 2));
+  const length = line.length;
+  if (length > MAX_LINE) return writeTextBytes(line, new Uint8Array(length));
+  if (length > lineScratch.byteLength) {
+    lineScratch = new ArrayBuffer(Math.min(MAX_LINE, Math.max(length, lineScratch.byteLength * 2)));
   }
-  return writeTextBytes(line, new Uint8Array(lineScratch, 0, line.length));
+  return writeTextBytes(line, new Uint8Array(lineScratch, 0, length));
 }
 
 /** The first `char` (a character code) in b[from, end), or -1. Unlike an `indexOf`, it does not
