@@ -631,7 +631,7 @@ function ipv6Text(g: readonly number[]): string {
 const WRITTEN_GROUPS: number[] = [0, 0, 0, 0, 0, 0, 0, 0];
 
 /** The ASCII codes of the hexadecimal digits, lower case. */
-const HEX_DIGITS = Buffer.from("0123456789abcdef", "latin1");
+const HEX_DIGITS = ascii("0123456789abcdef");
 
 /**
  * Writes the IPv6 address of groups `g` as {@link ipv6Text} writes it, as ASCII into `bytes` at
@@ -1237,16 +1237,17 @@ const sipRegister: Family = {
   levels: NOTICE,
   read(s, b, start, end) {
     if (!hasAt(b, start, REGISTRATION_FROM)) return null;
-    const dash = lastIndexIn(b, CHAR_QUOTE, end - 4, start);
+    const toStart = start + REGISTRATION_FROM.length;
+    const dash = lastIndexIn(b, CHAR_QUOTE, end - REASON_DASH.length, start);
     if (
-      dash < start + 19 || !hasAt(b, dash, REASON_DASH) || !isSipRegisterReason(b, dash + 4, end)
+      dash < toStart || !hasAt(b, dash, REASON_DASH) ||
+      !isSipRegisterReason(b, dash + REASON_DASH.length, end)
     ) {
       return null;
     }
     const addressStart = lastIndexIn(b, CHAR_QUOTE, dash - 1, start) + 1;
-    if (addressStart - 14 < start + 19 || !hasAt(b, addressStart - 14, FAILED_FOR)) {
-      return null;
-    }
+    const failedFor = addressStart - FAILED_FOR.length;
+    if (failedFor < toStart || !hasAt(b, failedFor, FAILED_FOR)) return null;
     return failure("sip-register", readAddress(s, b, addressStart, dash, "sockaddr"));
   },
 };
@@ -1335,7 +1336,7 @@ function pjsipAddressAfter(
   end: number,
 ): string | null | undefined {
   if (fromEnd === -1 || !hasAt(b, fromEnd, FAILED_FOR)) return undefined;
-  const addressStart = fromEnd + 14;
+  const addressStart = fromEnd + FAILED_FOR.length;
   const addressEnd = indexIn(b, CHAR_QUOTE, addressStart, end);
   if (addressEnd === -1 || !hasAt(b, addressEnd, CALLID)) {
     return undefined;
@@ -1346,16 +1347,17 @@ function pjsipAddressAfter(
 /** Where the From field of a PJSIP request line b[start, end) starts, or -1 if the line is not
  * one: `Request from '` (P1) or `Request '<method>' from '`. */
 function pjsipFromStart(b: Uint8Array, start: number, end: number): number {
-  if (hasAt(b, start, REQUEST_FROM)) return start + 14;
+  if (hasAt(b, start, REQUEST_FROM)) return start + REQUEST_FROM.length;
   if (!hasAt(b, start, REQUEST)) return -1;
-  const space = indexIn(b, CHAR_SPACE, start + 9, end);
+  const method = start + REQUEST.length;
+  const space = indexIn(b, CHAR_SPACE, method, end);
   if (
-    space === -1 || space < start + 11 || b[space - 1] !== 39 || !hasAt(b, space + 1, FROM)
+    space === -1 || space < method + 2 || b[space - 1] !== 39 || !hasAt(b, space + 1, FROM)
   ) {
     return -1;
   }
-  for (let i = start + 9; i < space - 1; i++) if (METHOD_CHARS[b[i]] !== 1) return -1;
-  return space + 7;
+  for (let i = method; i < space - 1; i++) if (METHOD_CHARS[b[i]] !== 1) return -1;
+  return space + 1 + FROM.length;
 }
 
 /** N of the fixed end ` after N tries in X.Y ms` (`/ after (\d+) tries in \d+\.\d+ ms$/`) that
@@ -2328,8 +2330,12 @@ export function createScanner(
     onFailure?.(failure, counted);
   }
 
-  /** Counts and reads the lines of `s` (one more than its line feeds), from log offset `base`. */
-  function scanText(s: string, b: Uint8Array, base: number): void {
+  /** Counts and reads the lines of buffer[from, to) (one more than its line feeds), decoded as
+   * Latin-1 into `s`, its bytes `b` beside it for the readers. */
+  function scanText(from: number, to: number): void {
+    const s = buffer.toString("latin1", from, to);
+    const b = bytes.subarray(from, to);
+    const base = offset + from;
     const length = s.length;
     const counted = countFrom - base; // lines that start before it belong to the part before
     let lines = 0;
@@ -2390,20 +2396,14 @@ export function createScanner(
           continue;
         }
       }
-      scanText(buffer.toString("latin1", start, lf), bytes.subarray(start, lf), offset + start);
+      scanText(start, lf);
       start = lf + 1;
     }
     if (final && used > start) {
       if (used - start > MAX_LINE) {
         tally.lines++;
         tally.longLines++;
-      } else {
-        scanText(
-          buffer.toString("latin1", start, used),
-          bytes.subarray(start, used),
-          offset + start,
-        );
-      }
+      } else scanText(start, used);
       start = used;
     } else if (used - start > MAX_LINE) {
       skipping = true;
