@@ -139,6 +139,9 @@ const CHUNK_SIZE = isMainThread ? 16 << 10 : 32 << 10;
 /** Bytes a scanner reads from a file at a time: fewer system calls than CHUNK_SIZE. */
 const READ_SIZE = 256 << 10;
 
+/** The Deno global, when running under Deno. */
+const deno = (globalThis as { Deno?: typeof Deno }).Deno;
+
 // ---------------------------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------------------------
@@ -2242,6 +2245,35 @@ function mayHoldFailure(line: string, b: Uint8Array, at: number): boolean {
   return LOCATED_WATCHED.test(line) || line.includes("\x1b");
 }
 
+/**
+ * True when `version` (`major.minor.patch`, as in `Deno.version.deno`) is older than `than`.
+ */
+export function isVersionBefore(version: string, than: string): boolean {
+  const a = version.split(/[.-]/, 3).map(Number), b = than.split(".").map(Number);
+  for (let i = 0; i < 3; i++) if ((a[i] || 0) !== b[i]) return (a[i] || 0) < b[i];
+  return false;
+}
+
+/** Decodes bytes[from, to) of a log as text, one character per byte (see {@link logDecoder}). */
+export type LogDecoder = (bytes: Buffer, from: number, to: number) => string;
+
+/**
+ * How a scanner decodes a log: as Latin-1, the byte's code as the character's, by Buffer, the
+ * fastest there is (0.05 ns a byte here). Deno before 2.8.2 (`oldDeno`) decodes Latin-1 in
+ * JavaScript at 4 ns a byte, which made a whole scan 3 to 5 times as long; there a TextDecoder for
+ * windows-1252 is used instead (0.5 ns a byte). It also gives one character per byte, the same
+ * as Latin-1 but for the bytes 0x80 to 0x9F, which it reads as other characters above 127: the
+ * readers look only for ASCII, so they find the same in both.
+ */
+export function logDecoder(oldDeno: boolean): LogDecoder {
+  if (!oldDeno) return (bytes, from, to) => bytes.toString("latin1", from, to);
+  const decoder = new TextDecoder("windows-1252");
+  return (bytes, from, to) => decoder.decode(bytes.subarray(from, to));
+}
+
+/** {@link logDecoder} for the runtime this runs on. */
+const decodeLog = logDecoder(deno !== undefined && isVersionBefore(deno.version.deno, "2.8.2"));
+
 /** A log reader that counts failures as bytes arrive, in bounded memory. */
 export interface Scanner {
   /** Feeds the next bytes of the log; every complete line in them is read at once (an incomplete
@@ -2273,17 +2305,18 @@ export const PART_LOOKBACK = OPEN_HEAD_WINDOW + MAX_LINE + 2;
 
 /**
  * Creates a scanner that adds what it reads to `tally`. Lines are split on LF only and decoded
- * as Latin-1 (one character per byte, so no byte sequence can stop a scan); lines over
- * {@link MAX_LINE} bytes are skipped without being held in memory. Every open head opens a window
- * of {@link OPEN_HEAD_WINDOW} bytes after it; a failure line that starts inside a window is not
- * counted unless every window it is in belongs to a head with the same address (a caller can
- * only frame itself). Whether a line is counted depends only on the 16 KB before it, so a log
- * can be read in parts at once with the same result (see {@link ScanPart}).
+ * one character per byte (as Latin-1, see {@link logDecoder}; no byte sequence can stop a scan);
+ * lines over {@link MAX_LINE} bytes are skipped without being held in memory. Every open head
+ * opens a window of {@link OPEN_HEAD_WINDOW} bytes after it; a failure line that starts inside a
+ * window is not counted unless every window it is in belongs to a head with the same address (a
+ * caller can only frame itself). Whether a line is counted depends only on the 16 KB before it,
+ * so a log can be read in parts at once with the same result (see {@link ScanPart}).
  */
 export function createScanner(
   tally: Tally,
   onFailure?: (failure: Failure, counted: number) => void,
   part?: ScanPart,
+  decode: LogDecoder = decodeLog,
 ): Scanner {
   const buffer = Buffer.allocUnsafe(READ_SIZE + MAX_LINE + 1);
   // The same bytes as a plain Uint8Array, as the readers get them from everywhere else.
@@ -2333,7 +2366,7 @@ export function createScanner(
   /** Counts and reads the lines of buffer[from, to) (one more than its line feeds), decoded as
    * Latin-1 into `s`, its bytes `b` beside it for the readers. */
   function scanText(from: number, to: number): void {
-    const s = buffer.toString("latin1", from, to);
+    const s = decode(buffer, from, to);
     const b = bytes.subarray(from, to);
     const base = offset + from;
     const length = s.length;
@@ -2751,9 +2784,6 @@ export function clearInput(state: ChainState): string | null {
 // ---------------------------------------------------------------------------------------------
 // Edges: processes, files, lock
 // ---------------------------------------------------------------------------------------------
-
-/** The Deno global, when running under Deno. */
-const deno = (globalThis as { Deno?: typeof Deno }).Deno;
 
 /**
  * Runs a program by absolute path with an argv array, never through a shell. On Deno it uses

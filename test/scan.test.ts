@@ -16,7 +16,9 @@ import {
   addressHash,
   canonicalIPv6,
   createScanner,
+  isVersionBefore,
   joinTally,
+  logDecoder,
   MAX_LINE,
   newTally,
   OPEN_HEAD_WINDOW,
@@ -190,6 +192,65 @@ describe("lines and bytes", () => {
     const tally = scanString(log);
     assert.equal(tally.lines, 20 * 1001);
     assert.equal(tally.counts.get("203.0.113.9"), 20);
+  });
+});
+
+describe("decoding on Deno before 2.8.2 (windows-1252, as its Latin-1 is slow)", () => {
+  test("Deno's versions compare by number", () => {
+    assert.equal(isVersionBefore("2.8.1", "2.8.2"), true);
+    assert.equal(isVersionBefore("2.7.14", "2.8.2"), true);
+    assert.equal(isVersionBefore("1.46.3", "2.8.2"), true);
+    assert.equal(isVersionBefore("2.8.2", "2.8.2"), false);
+    assert.equal(isVersionBefore("2.10.0", "2.8.2"), false);
+    assert.equal(isVersionBefore("2.9.6", "2.8.2"), false);
+    assert.equal(isVersionBefore("3.0.0-rc.1", "2.8.2"), false);
+  });
+  test("both decoders give one character per byte, the same one for every ASCII byte", () => {
+    const every = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+    const boms = Buffer.from([0xef, 0xbb, 0xbf, 0x41, 0xff, 0xfe, 0x41, 0xfe, 0xff, 0x41]);
+    for (const oldDeno of [false, true]) {
+      const decode = logDecoder(oldDeno);
+      for (
+        const [bytes, from, to] of [[every, 0, 256], [every, 120, 170], [boms, 0, 10]] as const
+      ) {
+        const text = decode(bytes, from, to);
+        assert.equal(text.length, to - from);
+        for (let i = from; i < to; i++) {
+          const code = text.charCodeAt(i - from);
+          if (bytes[i] < 128 || !oldDeno) assert.equal(code, bytes[i], `byte ${bytes[i]}`);
+          else assert.ok(code >= 128, `byte ${bytes[i]} read as ${code}`);
+        }
+      }
+    }
+    assert.equal(logDecoder(true)(every, 0x80, 0x81), "\u20ac"); // so it is windows-1252
+  });
+  test("a scan decoding windows-1252 counts exactly what one decoding Latin-1 counts", () => {
+    // Every fixture, and each line of the annotated ones with a byte of 0x80 to 0x9F (the bytes
+    // the two read differently) put in at every seventh place, in turn.
+    const logs = ["families.log", "injection.log", "line-feed-forgeries.log", "open-heads.log"]
+      .map((name) => readFileSync(fixture(name)));
+    const variants: Buffer[] = [];
+    const lineFeed = Buffer.from("\n");
+    for (const log of logs.slice(0, 2)) {
+      for (const line of log.toString("latin1").split("\n")) {
+        const bytes = Buffer.from(line, "latin1");
+        for (let at = 0; at <= bytes.length; at += 7) {
+          const byte = Buffer.from([0x80 + (at % 32)]);
+          variants.push(Buffer.concat([bytes.subarray(0, at), byte, bytes.subarray(at), lineFeed]));
+        }
+      }
+    }
+    for (const log of [...logs, readFileSync(fixture("messages.log")), Buffer.concat(variants)]) {
+      const [latin1, windows1252] = [false, true].map((oldDeno) => {
+        const tally = newTally();
+        const scanner = createScanner(tally, undefined, undefined, logDecoder(oldDeno));
+        scanner.write(log);
+        scanner.end();
+        return plain(tally);
+      });
+      assert.ok(latin1.failures > 0);
+      assert.deepEqual(windows1252, latin1);
+    }
   });
 });
 
