@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run -R=/var/log/asterisk,/run/sipcheck.lock,/etc/asterisk -W=/run/sipcheck.lock --allow-run=/usr/sbin/iptables,/usr/sbin/ip6tables,/usr/sbin/iptables-restore,/usr/sbin/ip6tables-restore,/bin/kill -S=uid,networkInterfaces
+#!/usr/bin/env -S deno -R=/var/log/asterisk,/run/sipcheck.lock,/etc/asterisk,/usr/local/bin -W=/run/sipcheck.lock --allow-run=/usr/sbin/iptables,/usr/sbin/ip6tables,/usr/sbin/iptables-restore,/usr/sbin/ip6tables-restore,/bin/kill -S=uid,networkInterfaces
 /**
  * sipcheck: ban the addresses that keep failing to log in to an Asterisk PBX.
  *
@@ -3039,11 +3039,14 @@ function readerThread({ path, slot, states, locks, bounds }: ReaderData): void {
 
 /**
  * Whether worker threads can run this file. Under Deno a worker reads the file it runs, which
- * needs `--allow-read` for it (not needed to run it in the first place); without that, the log is
- * read by this thread alone rather than by a worker that fails to start.
+ * needs `--allow-read` for it (not needed to run it in the first place; the first line grants it
+ * for /usr/local/bin); without that, the log is read by this thread alone rather than by a worker
+ * that fails to start. Deno 2.0.0 to 2.0.4 ran a worker of a file without `.ts` (as installed) as
+ * CommonJS, which fails with an error on stderr: there too this thread reads alone.
  */
 function mayStartReaders(): boolean {
   if (deno === undefined) return true;
+  if (isVersionBefore(deno.version.deno, "2.0.6")) return false;
   const self = new URL(import.meta.url);
   return deno.permissions.querySync({ name: "read", path: self }).state === "granted";
 }

@@ -48,9 +48,10 @@
  *    NODE_DISABLE_COMPILE_CACHE in the bench's own environment is removed for every child, so
  *    the plain Node rows run without a compile cache.
  *    With Deno, these logs (not the hostile ones) are also scanned by "Deno VERSION, the first
- *    line's permissions (one thread)": `deno run` with the permission flags of sipcheck.ts's first
- *    line, the logs' directory added to its -R. That is how an installed sipcheck runs, and its
- *    worker threads may not read sipcheck.ts, so one thread reads each log.
+ *    line's permissions": Deno with the permission flags of sipcheck.ts's first line, its -R with
+ *    sipcheck.ts's directory in place of /usr/local/bin (where the README installs it) and the
+ *    logs' directory added. That is how an installed sipcheck runs, its worker threads reading
+ *    the file they run.
  *    Hostile lines: for each shape of loggen.ts's HOSTILE_SHAPES (lines an attacker can make
  *    Asterisk write that are costly to read; none counts), a log of `--hostile-mb` MB of it alone,
  *    timed like the main log (grep and the runtimes in turn) and checked the same way (no address,
@@ -233,17 +234,21 @@ interface Runtime {
   scanOnly?: boolean;
   /** With NODE_COMPILE_CACHE: the cache directory, filled by {@link warmCompileCache}. */
   compileCache?: string;
-  /** Reads every log with one thread (left out of the hostile logs, which are read so anyway). */
-  oneThread?: boolean;
+  /** Runs as installed (left out of the hostile logs: the same code as the Deno row). */
+  installed?: boolean;
 }
 
 /**
- * The permissions of sipcheck.ts's first line, with `dir` added to what it may read: Deno as
- * installed, where the worker threads may not read sipcheck.ts itself, so a log is read by one
- * thread (see the README's "Permissions under Deno").
+ * The permissions of sipcheck.ts's first line, with sipcheck.ts's directory in place of
+ * /usr/local/bin (which the first line lets it read, so that its worker threads can run it) and
+ * `dir` added to what it may read: Deno as installed (see the README's "Permissions under Deno").
  */
 function shebangPermissions(dir: string): string[] {
-  return shebangFlags().map((flag) => flag.startsWith("-R=") ? `${flag},${dir}` : flag);
+  return shebangFlags().map((flag) =>
+    flag.startsWith("-R=")
+      ? `${flag.replace(",/usr/local/bin", `,${dirname(SIPCHECK)}`)},${dir}`
+      : flag
+  );
 }
 
 /**
@@ -283,14 +288,14 @@ function findRuntimes(
       const installed = ["run", ...shebangPermissions(logDir)];
       runtimes.push({
         name: "deno-installed",
-        label: `Deno ${version.split(" ")[1]}, the first line's permissions (one thread)`,
+        label: `Deno ${version.split(" ")[1]}, the first line's permissions`,
         cmd,
         script: installed,
         scan: [...installed, SIPCHECK],
         firewall: [...installed, SIPCHECK],
         child: [],
         scanOnly: true,
-        oneThread: true,
+        installed: true,
       });
     } else notes.push("deno not found: Deno runs skipped");
   }
@@ -1392,7 +1397,7 @@ async function main(): Promise<number> {
 
   // 3b. Hostile lines, one shape per log.
   const hostile: { shape: string; mb: number; grep: Best; scans: Best[] }[] = [];
-  const parted = runtimes.filter((rt) => !rt.oneThread);
+  const parted = runtimes.filter((rt) => !rt.installed);
   if (o.hostileMb > 0) {
     for (const shape of Object.keys(HOSTILE_SHAPES)) {
       const log = generate(
@@ -1555,10 +1560,10 @@ async function main(): Promise<number> {
           `untimed scan of a small log before the timed runs; the worker threads that read ` +
           `parts of a large log use it too); the other Node rows run without a compile cache.`
         : "") +
-      (runtimes.some((rt) => rt.oneThread)
+      (runtimes.some((rt) => rt.installed)
         ? ` Rows marked "the first line's permissions" run Deno with the permission flags of ` +
-          `sipcheck.ts's first line (its -R with the logs' directory added), as installed: the ` +
-          `worker threads may not read sipcheck.ts, so one thread reads each log.`
+          `sipcheck.ts's first line (its -R with sipcheck.ts's directory in place of ` +
+          `/usr/local/bin and the logs' directory added), as installed.`
         : ""),
   );
   say();

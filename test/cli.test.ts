@@ -11,8 +11,10 @@ import {
   closeSync,
   copyFileSync,
   mkdirSync,
+  mkdtempSync,
   openSync,
   readFileSync,
+  rmSync,
   writeFileSync,
   writeSync,
 } from "node:fs";
@@ -28,6 +30,7 @@ import {
   sipcheck,
   tempDir,
 } from "./helpers.ts";
+import { PARALLEL_MIN } from "../sipcheck.ts";
 
 const dir = tempDir();
 after(dir.remove);
@@ -42,6 +45,9 @@ function file(name: string, content: string | Uint8Array): string {
 const REGISTER = (address: string) =>
   `[2026-11-25 08:00:00.001] NOTICE[2210] chan_sip.c: Registration from '<sip:1@192.0.2.10>' ` +
   `failed for '${address}:5060' - Wrong password\n`;
+/** A line sipcheck reads past. */
+const BENIGN =
+  "[2026-11-25 08:00:00.002] VERBOSE[2210][C-00000001] pbx.c: Executing [100@default:1] NoOp()\n";
 
 /** Runs sipcheck with --json and returns the parsed report. */
 function report(args: string[], input?: string | Uint8Array) {
@@ -305,7 +311,9 @@ describe(
       for (const flag of flags) {
         assert.match(flag, /^(-[RWS]|--allow-run)=\S+$/, flag);
       }
-      assert.ok(flags.includes("-R=/var/log/asterisk,/run/sipcheck.lock,/etc/asterisk"));
+      assert.ok(
+        flags.includes("-R=/var/log/asterisk,/run/sipcheck.lock,/etc/asterisk,/usr/local/bin"),
+      );
     });
     test("fit in the 256 bytes Linux reads of a #! line, and work from it", () => {
       const first = readFileSync(SIPCHECK, "utf8").split("\n")[0];
@@ -326,6 +334,50 @@ describe(
         assert.match(ran.stdout, /^would ban +203\.0\.113\.13 +200 failures\n$/);
       } finally {
         bin.remove();
+      }
+    });
+    test("let an installed sipcheck read itself, so that worker threads can run it", () => {
+      // The README installs it in /usr/local/bin; a worker thread reads the file it runs.
+      const readme = readFileSync(join(dirname(SIPCHECK), "README.md"), "utf8");
+      const installed = /^install -m 755 sipcheck\.ts (\S+)$/m.exec(readme)?.[1];
+      assert.equal(installed, "/usr/local/bin/sipcheck");
+      const read = flags.find((flag) => flag.startsWith("-R="))?.slice(3).split(",") ?? [];
+      assert.ok(read.includes(dirname(installed)), read.join(","));
+    });
+    test("read a log of PARALLEL_MIN or more, as installed, with nothing on stderr", () => {
+      // Installed as `sipcheck` in a directory that stands for /usr/local/bin (a name as long, so
+      // that the first line keeps its length) and run by its first line, it reads such a log on
+      // every core. A worker thread that failed to run it (Deno 2.0.0 ran a file without `.ts` as
+      // CommonJS) would write to stderr.
+      const bin = mkdtempSync("/tmp/sc-");
+      try {
+        assert.equal(bin.length, "/usr/local/bin".length);
+        const installed = join(bin, "sipcheck");
+        const source = readFileSync(SIPCHECK, "utf8");
+        const first = source.slice(0, source.indexOf("\n"));
+        const moved = first.replace(",/usr/local/bin ", `,${bin} `);
+        assert.ok(moved !== first && Buffer.byteLength(moved) === Buffer.byteLength(first));
+        writeFileSync(installed, moved + source.slice(first.length), { mode: 0o755 });
+        const log = join(bin, "messages");
+        const block = Buffer.from(
+          BENIGN.repeat(99) + REGISTER("203.0.113.21") + BENIGN.repeat(99) +
+            REGISTER("[2001:db8::21]"),
+        );
+        const blocks = Math.ceil(PARALLEL_MIN / block.length);
+        writeFileSync(log, Buffer.alloc(blocks * block.length, block));
+        const path = `${dirname(Deno.execPath())}:/usr/bin:/bin`;
+        const args = ["-n", "--json", "--threshold", "1", log];
+        const ran = run(["/usr/bin/env", `PATH=${path}`, installed, ...args]);
+        assert.equal(ran.stderr, "");
+        assert.equal(ran.code, 0);
+        const got = JSON.parse(ran.stdout);
+        assert.equal(got.lines, blocks * 200);
+        assert.deepEqual(
+          got.addresses.map((a: { ip: string; failures: number }) => [a.ip, a.failures]).sort(),
+          [["2001:db8::21", blocks], ["203.0.113.21", blocks]],
+        );
+      } finally {
+        rmSync(bin, { recursive: true, force: true });
       }
     });
     test("are enough for help, a dry run of standard input, and a clear refusal elsewhere", () => {

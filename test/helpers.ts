@@ -43,7 +43,7 @@ export const RUNTIME: "deno" | "node" = deno ? "deno" : "node";
 export function shebangFlags(): string[] {
   const first = readFileSync(SIPCHECK, "utf8").split("\n")[0];
   const words = first.split(/ +/);
-  return words.slice(words.indexOf("run") + 1);
+  return words.slice(words.indexOf("deno") + 1);
 }
 
 /** argv that runs sipcheck.ts under the current runtime. Deno gets `flags` (default: read any
