@@ -6573,4 +6573,10 @@ export async function main(
 
 if (!isMainThread && workerData?.sipcheckReader) {
   readerThread(workerData.sipcheckReader);
-} else if (import.meta.main) process.exitCode = await main(process.argv.slice(2));
+} else if (import.meta.main) {
+  const code = await main(process.argv.slice(2));
+  // Deno before 2.8.2 keeps a read of standard input pending after it is closed, so a watcher of
+  // `-` stopped by SIGTERM would linger until killed: there sipcheck ends here, all written.
+  if (deno && isVersionBefore(deno.version.deno, "2.8.2")) deno.exit(code);
+  process.exitCode = code;
+}
