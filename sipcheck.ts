@@ -2260,7 +2260,7 @@ export type LogDecoder = (bytes: Buffer, from: number, to: number) => string;
 /**
  * How a scanner decodes a log: as Latin-1, the byte's code as the character's, by Buffer, the
  * fastest there is (0.05 ns a byte here). Deno before 2.8.2 (`oldDeno`) decodes Latin-1 in
- * JavaScript at 4 ns a byte, which made a whole scan 3 to 5 times as long; there a TextDecoder for
+ * JavaScript at 4 ns a byte, which made a whole scan 3 to 4 times as long; there a TextDecoder for
  * windows-1252 is used instead (0.5 ns a byte). It also gives one character per byte, the same
  * as Latin-1 but for the bytes 0x80 to 0x9F, which it reads as other characters above 127: the
  * readers look only for ASCII, so they find the same in both.
@@ -2363,8 +2363,8 @@ export function createScanner(
     onFailure?.(failure, counted);
   }
 
-  /** Counts and reads the lines of buffer[from, to) (one more than its line feeds), decoded as
-   * Latin-1 into `s`, its bytes `b` beside it for the readers. */
+  /** Counts and reads the lines of buffer[from, to) (one more than its line feeds), decoded one
+   * character per byte into `s`, its bytes `b` beside it for the readers. */
   function scanText(from: number, to: number): void {
     const s = decode(buffer, from, to);
     const b = bytes.subarray(from, to);
