@@ -2246,10 +2246,12 @@ function mayHoldFailure(line: string, b: Uint8Array, at: number): boolean {
 }
 
 /**
- * True when `version` (`major.minor.patch`, as in `Deno.version.deno`) is older than `than`.
+ * True when `version` (`major.minor.patch`, as in `Deno.version.deno`, where a canary build adds
+ * `+commit`) is older than `than`.
  */
 export function isVersionBefore(version: string, than: string): boolean {
-  const a = version.split(/[.-]/, 3).map(Number), b = than.split(".").map(Number);
+  const a = version.split(".", 3).map((part) => parseInt(part, 10));
+  const b = than.split(".").map(Number);
   for (let i = 0; i < 3; i++) if ((a[i] || 0) !== b[i]) return (a[i] || 0) < b[i];
   return false;
 }

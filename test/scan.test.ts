@@ -204,6 +204,8 @@ describe("decoding on Deno before 2.8.2 (windows-1252, as its Latin-1 is slow)",
     assert.equal(isVersionBefore("2.10.0", "2.8.2"), false);
     assert.equal(isVersionBefore("2.9.6", "2.8.2"), false);
     assert.equal(isVersionBefore("3.0.0-rc.1", "2.8.2"), false);
+    assert.equal(isVersionBefore("2.8.2+1a2b3c4", "2.8.2"), false); // a canary build
+    assert.equal(isVersionBefore("2.8.1+1a2b3c4", "2.8.2"), true);
   });
   test("both decoders give one character per byte, the same one for every ASCII byte", () => {
     const every = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
