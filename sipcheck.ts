@@ -141,6 +141,9 @@ const READ_SIZE = 256 << 10;
 
 /** The Deno global, when running under Deno. */
 const deno = (globalThis as { Deno?: typeof Deno }).Deno;
+/** Deno before 2.8.2: its Latin-1 decoding is slow (see {@link logDecoder}), and a closed standard
+ * input keeps its read pending (see the end of this file). */
+const OLD_DENO = deno !== undefined && isVersionBefore(deno.version.deno, "2.8.2");
 
 // ---------------------------------------------------------------------------------------------
 // Types
@@ -1367,16 +1370,20 @@ function pjsipFromStart(b: Uint8Array, start: number, end: number): number {
  * a request line s[start, end) has when its endpoint uses identify_by=auth_username (13.10+), or
  * -1. Read from the right: what follows its ` after ` holds no other. */
 function pjsipTries(s: string, b: Uint8Array, start: number, end: number): number {
-  if (end - start < 3 || !hasAt(b, end - 3, MS)) return -1;
-  const fraction = digitsStart(b, start, end - 3);
-  if (fraction === end - 3 || b[fraction - 1] !== 46 /* . */) return -1;
+  const ms = end - MS.length;
+  if (ms < start || !hasAt(b, ms, MS)) return -1;
+  const fraction = digitsStart(b, start, ms);
+  if (fraction === ms || b[fraction - 1] !== 46 /* . */) return -1;
   const whole = digitsStart(b, start, fraction - 1);
-  if (whole === fraction - 1 || whole - 10 < start || !hasAt(b, whole - 10, TRIES_IN)) {
+  const triesIn = whole - TRIES_IN.length;
+  if (whole === fraction - 1 || triesIn < start || !hasAt(b, triesIn, TRIES_IN)) return -1;
+  const tries = digitsStart(b, start, triesIn);
+  if (
+    tries === triesIn || tries - AFTER.length <= start || !hasAt(b, tries - AFTER.length, AFTER)
+  ) {
     return -1;
   }
-  const tries = digitsStart(b, start, whole - 10);
-  if (tries === whole - 10 || tries - 7 <= start || !hasAt(b, tries - 7, AFTER)) return -1;
-  return Number(s.slice(tries, whole - 10));
+  return Number(s.slice(tries, triesIn));
 }
 
 /** The start of the run of digits that ends at `end` (not before `start`). */
@@ -2274,7 +2281,7 @@ export function logDecoder(oldDeno: boolean): LogDecoder {
 }
 
 /** {@link logDecoder} for the runtime this runs on. */
-const decodeLog = logDecoder(deno !== undefined && isVersionBefore(deno.version.deno, "2.8.2"));
+const decodeLog = logDecoder(OLD_DENO);
 
 /** A log reader that counts failures as bytes arrive, in bounded memory. */
 export interface Scanner {
@@ -6579,6 +6586,6 @@ if (!isMainThread && workerData?.sipcheckReader) {
   const code = await main(process.argv.slice(2));
   // Deno before 2.8.2 keeps a read of standard input pending after it is closed, so a watcher of
   // `-` stopped by SIGTERM would linger until killed: there sipcheck ends here, all written.
-  if (deno && isVersionBefore(deno.version.deno, "2.8.2")) deno.exit(code);
+  if (deno && OLD_DENO) deno.exit(code);
   process.exitCode = code;
 }
