@@ -302,6 +302,17 @@ describe(`sipcheck.ts under ${RUNTIME}`, () => {
   });
 });
 
+test("the README runs Node on the file installed as sipcheck.ts (Node strips only .ts)", () => {
+  const readme = readFileSync(join(dirname(SIPCHECK), "README.md"), "utf8");
+  const installed = [...readme.matchAll(/^install -m 755 sipcheck\.ts (\S+)$/gm)].map((m) => m[1]);
+  const commands = [...readme.matchAll(/\/usr\/bin\/node (\S+)/g)].map((m) => m[1]);
+  assert.ok(commands.length >= 2, "the crontab and systemd lines");
+  for (const path of commands) {
+    assert.ok(path.endsWith(".ts"), path);
+    assert.ok(installed.includes(path), `${path} is installed by the README`);
+  }
+});
+
 describe(
   "the shebang's permission flags (Deno)",
   { skip: RUNTIME !== "deno" && "Deno only" },
