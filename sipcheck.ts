@@ -3392,29 +3392,53 @@ function makeFinding(
 
 /** Where configuration files come from: the disk, or an in-memory map in tests. Paths are absolute. */
 export type ConfigSource = {
-  /** The file's text, or undefined when it is missing or unreadable. */
+  /** The file's text, or undefined when it does not exist; throws an
+   * {@link UnreadableConfigError} when it exists but cannot be read. */
   readText(path: string): string | undefined;
-  /** The names in a directory, or undefined when it is not a readable directory. */
+  /** The names in a directory, or undefined when it does not exist or is not a directory; throws
+   * an {@link UnreadableConfigError} when it exists but cannot be listed. */
   listDir(path: string): string[] | undefined;
 };
+
+/**
+ * A configuration file or directory that exists but cannot be read (permissions, a directory
+ * where a file should be, an I/O error). The audit cannot vouch for a configuration it could not
+ * read, so it ends UNKNOWN naming the path, rather than judging what it could read as the whole.
+ */
+export class UnreadableConfigError extends Error {
+  /** The path that could not be read. */
+  readonly path: string;
+  /** The system error code (EACCES, EISDIR, EIO, ...). */
+  readonly code: string;
+
+  constructor(path: string, code: string) {
+    super(`cannot read ${path} (${code})`);
+    this.path = path;
+    this.code = code;
+  }
+}
+
+/** Error codes that mean a configuration path is simply not there. */
+const MISSING_PATH_CODES: readonly string[] = ["ENOENT", "ENOTDIR"];
+
+/** Runs `read`; undefined when `path` does not exist, an {@link UnreadableConfigError} when it
+ * cannot be read. */
+function readConfigPath<T>(path: string, read: (path: string) => T): T | undefined {
+  try {
+    return read(path);
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    if (typeof code === "string" && MISSING_PATH_CODES.includes(code)) return undefined;
+    throw new UnreadableConfigError(path, typeof code === "string" ? code : firstLineOf(error));
+  }
+}
 
 /** Reads configuration files from the local disk. */
 export function diskSource(): ConfigSource {
   return {
-    readText(path) {
-      try {
-        return readFileSync(path, "utf8");
-      } catch {
-        return undefined;
-      }
-    },
-    listDir(path) {
-      try {
-        return readdirSync(path);
-      } catch {
-        return undefined;
-      }
-    },
+    readText: (path) => readConfigPath(path, (file) => readFileSync(file, "utf8")),
+    // A file where a directory is looked for (ENOTDIR) is no directory, as a missing one.
+    listDir: (path) => readConfigPath(path, (dir) => readdirSync(dir)),
   };
 }
 
@@ -5568,7 +5592,13 @@ async function runAudit(configDir: string, json: boolean, io: AuditIo): Promise<
     const code = (error as { code?: string }).code ?? firstLineOf(error);
     return printUnknownStatus(`cannot read config dir ${configDir} (${code})`, json, io);
   }
-  const config = loadAsteriskConfig(configDir, diskSource());
+  let config: AsteriskConfig;
+  try {
+    config = loadAsteriskConfig(configDir, diskSource());
+  } catch (error) {
+    if (!(error instanceof UnreadableConfigError)) throw error;
+    return printUnknownStatus(error.message, json, io);
+  }
   if (!hasAnyConfig(config)) {
     return printUnknownStatus(`no ${AUDITED_FILES.join(", ")} in ${configDir}`, json, io);
   }

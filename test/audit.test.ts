@@ -3,8 +3,20 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import {
+  chmodSync,
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import process from "node:process";
 import { fileURLToPath } from "node:url";
 import {
   aclAllowsAnyAddress,
@@ -40,6 +52,7 @@ import {
   parseSectionHeader,
   runAuditChecks,
   stripComments,
+  UnreadableConfigError,
   weakSecretReasons,
 } from "../sipcheck.ts";
 import type { AclRule, AsteriskConfig, AuditFinding, ConfigSection } from "../sipcheck.ts";
@@ -1255,4 +1268,76 @@ test("audit: an unexpected error is one line on stderr and exit 3, no stack", as
   };
   assert.equal(await audit(["--config-dir", join(FIXTURES, "hardened")], io), 3);
   assert.deepEqual(err, ["sipcheck: audit: unexpected error: disk full\n"]);
+});
+
+/** A copy of fixture `name` in a new temporary directory, handed to `use`, then removed. */
+async function withFixtureCopy(name: string, use: (dir: string) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "sipcheck-audit-"));
+  try {
+    cpSync(join(FIXTURES, name), dir, { recursive: true });
+    await use(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test("diskSource: a missing path is undefined, one that cannot be read throws", () => {
+  const source = diskSource();
+  const hardened = join(FIXTURES, "hardened");
+  assert.equal(source.readText(join(hardened, "no-such.conf")), undefined);
+  assert.equal(source.readText(join(hardened, "sip.conf", "below-a-file")), undefined); // ENOTDIR
+  assert.equal(source.listDir(join(hardened, "sip.conf")), undefined); // a file, not a directory
+  assert.throws(
+    () => source.readText(hardened), // a directory where a file is read
+    (error) => error instanceof UnreadableConfigError && error.code === "EISDIR",
+  );
+});
+
+test("audit: a config file that exists but cannot be read is UNKNOWN (3), naming it", async () => {
+  await withFixtureCopy("hardened", async (dir) => {
+    const sip = join(dir, "sip.conf");
+    rmSync(sip);
+    mkdirSync(sip); // read as a file: EISDIR, for root too
+    const out = capture();
+    assert.equal(await audit(["--config-dir", dir], out.io), 3);
+    assert.equal(out.out.join(""), `SIPCHECK AUDIT UNKNOWN - cannot read ${sip} (EISDIR)\n`);
+    assert.deepEqual(out.err, []);
+    const json = capture();
+    assert.equal(await audit(["--json", "--config-dir", dir], json.io), 3);
+    assert.deepEqual(JSON.parse(json.out.join("")), {
+      status: "UNKNOWN",
+      findings: [],
+      error: `cannot read ${sip} (EISDIR)`,
+    });
+  });
+});
+
+test("audit: an included file that cannot be read is UNKNOWN (3), naming it", async () => {
+  await withFixtureCopy("hardened", async (dir) => {
+    mkdirSync(join(dir, "sip_custom.conf"));
+    writeFileSync(
+      join(dir, "sip.conf"),
+      readFileSync(join(dir, "sip.conf"), "utf8") + "\n#include sip_custom.conf\n",
+    );
+    const out = capture();
+    assert.equal(await audit(["--config-dir", dir], out.io), 3);
+    assert.match(
+      out.out.join(""),
+      /^SIPCHECK AUDIT UNKNOWN - cannot read .*sip_custom\.conf \(EISDIR\)\n$/,
+    );
+  });
+});
+
+test("audit: a config file without read permission is UNKNOWN (3)", {
+  skip: process.getuid?.() === 0
+    ? "root reads a file of mode 000 (the same path is tested with EISDIR above)"
+    : false,
+}, async () => {
+  await withFixtureCopy("hardened", async (dir) => {
+    const sip = join(dir, "sip.conf");
+    chmodSync(sip, 0);
+    const out = capture();
+    assert.equal(await audit(["--config-dir", dir], out.io), 3);
+    assert.equal(out.out.join(""), `SIPCHECK AUDIT UNKNOWN - cannot read ${sip} (EACCES)\n`);
+  });
 });
