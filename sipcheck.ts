@@ -44,6 +44,7 @@ import {
   closeSync,
   existsSync,
   fstatSync,
+  lstatSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -3234,6 +3235,13 @@ export async function takeLock(path: string, run: Runner, mode: string): Promise
         );
       }
     }
+    if (!isFileOrGone(path)) {
+      // Not a lock sipcheck made (a directory, a link): not ours to read or remove.
+      throw new SipcheckError(
+        EXIT.unexpected,
+        `the lock path ${path} is not a file; remove what is there, sipcheck will not`,
+      );
+    }
     let holder = "";
     try {
       holder = readFileSync(path, "utf8");
@@ -3253,6 +3261,15 @@ export async function takeLock(path: string, run: Runner, mode: string): Promise
     } catch { /* someone else took it over first */ }
   }
   throw new SipcheckError(EXIT.tempFail, `could not take the lock ${path}; try again later`);
+}
+
+/** True when `path` is a regular file, itself not a link, or is not there (any more). */
+function isFileOrGone(path: string): boolean {
+  try {
+    return lstatSync(path).isFile();
+  } catch {
+    return true; // gone meanwhile (or unreadable: the next steps say so)
+  }
 }
 
 /** Removes the lock file if it is ours. */

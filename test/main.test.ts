@@ -3,7 +3,17 @@
  * firewall flow against a small fake of iptables (the real one is in firewall.test.ts).
  */
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  rmdirSync,
+  statSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { describe, test } from "node:test";
@@ -477,6 +487,28 @@ describe("main", () => {
     assert.equal(await main([log], h.deps), 0, "the fake kill says the pid is gone");
     assert.ok(!existsSync(h.deps.lockPath!));
     h.done();
+  });
+  test("a lock path that is not a file (a directory, a link): 1, one line, left alone", async () => {
+    const h = harness();
+    const log = writeLog(h.dir, { "203.0.113.1": 300 });
+    mkdirSync(h.deps.lockPath!);
+    assert.equal(await main([log], h.deps), EXIT.unexpected);
+    assert.equal(
+      h.stderr(),
+      `sipcheck: the lock path ${h.deps.lockPath} is not a file; remove what is there, ` +
+        "sipcheck will not\n",
+    );
+    assert.ok(statSync(h.deps.lockPath!).isDirectory(), "the directory is still there");
+    assert.deepEqual(h.firewall.bans(4), [], "nothing banned without the lock");
+    rmdirSync(h.deps.lockPath!);
+    symlinkSync(log, h.deps.lockPath!);
+    const linked = harness({ lockPath: h.deps.lockPath });
+    assert.equal(await main([log], linked.deps), EXIT.unexpected);
+    assert.match(linked.stderr(), /is not a file/);
+    assert.ok(lstatSync(h.deps.lockPath!).isSymbolicLink(), "the link is still there");
+    unlinkSync(h.deps.lockPath!);
+    h.done();
+    linked.done();
   });
   test("list and clear", async () => {
     const h = harness();
