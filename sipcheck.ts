@@ -42,7 +42,6 @@ import { Buffer } from "node:buffer";
 import { spawn } from "node:child_process";
 import {
   closeSync,
-  existsSync,
   fstatSync,
   lstatSync,
   openSync,
@@ -2864,10 +2863,12 @@ function describeFileError(error: unknown): string {
   return String((error as Error)?.message ?? error).split("\n")[0];
 }
 
-/** True if the path exists (false, not an error, when Deno may not look at it). */
+/** True if the path exists, if only as a link to nothing (false, not an error, when Deno may not
+ * look at it): a broken link named on the command line is reported as itself. */
 function pathExists(path: string): boolean {
   try {
-    return existsSync(path);
+    lstatSync(path);
+    return true;
   } catch {
     return false;
   }

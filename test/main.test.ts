@@ -151,6 +151,18 @@ describe("where logs are read", () => {
     assert.equal(resolveLog("./messages", exists([])), "./messages");
     assert.equal(resolveLog("/tmp/x", exists([])), "/tmp/x");
     assert.equal(resolveLog("-", exists([])), "-");
+    // With the real file system: a broken link here is read (and reported) as itself.
+    const dir = tempDir();
+    const cwd = process.cwd();
+    try {
+      symlinkSync(join(dir.path, "gone"), join(dir.path, "broken"));
+      process.chdir(dir.path);
+      assert.equal(resolveLog("broken"), "broken");
+      assert.equal(resolveLog("not-here"), "/var/log/asterisk/not-here");
+    } finally {
+      process.chdir(cwd);
+      dir.remove();
+    }
   });
 });
 
