@@ -32,6 +32,7 @@ import {
   parseCidr,
   parseOptions,
   resolveLog,
+  runProgram,
   scanString,
   SipcheckError,
   THRESHOLD,
@@ -575,4 +576,17 @@ describe("main", () => {
     assert.equal(report.addresses[0].ip, "203.0.113.50");
     h.done();
   });
+});
+
+test("runProgram: a program that exits without reading its input gives its code and stderr", async () => {
+  // 4 MiB: more than a pipe holds, so the write fails once the program has gone.
+  const input = "x".repeat(4 << 20);
+  const result = await runProgram(
+    "/bin/sh",
+    ["-c", "echo 'line 3: no such chain' >&2; exit 2"],
+    input,
+  );
+  assert.deepEqual(result, { code: 2, stdout: "", stderr: "line 3: no such chain\n" });
+  const read = await runProgram("/bin/sh", ["-c", "wc -c"], input);
+  assert.deepEqual(read, { code: 0, stdout: `${4 << 20}\n`, stderr: "" });
 });
