@@ -3303,10 +3303,31 @@ async function firewall(run: Runner, binary: string, args: string[], input?: str
     );
   }
   if (result.code !== 0) {
-    const why = result.stderr.trim().split("\n")[0] || `exit code ${result.code}`;
+    const why = failureReason(result.stderr, result.code);
     throw new SipcheckError(EXIT.unavailable, `${binary} ${args.join(" ")} failed: ${why}`);
   }
   return result;
+}
+
+/** What iptables puts before its messages: `ip6tables-restore v1.8.9 (nf_tables): `. */
+const IPTABLES_BANNER = /^[\w.-]+ v\d+(?:\.\d+)*(?: \([^)]*\))?:\s*/;
+/** The line iptables adds after a usage error, which says nothing about the failure. */
+const IPTABLES_HINT = /^Try `[^']*' or '[^']*' for more information\.$/;
+/** The longest reason quoted from a failed command's stderr. */
+const REASON_MAX = 400;
+
+/**
+ * Why an iptables command failed, in one line, from its stderr: every line that says something
+ * (iptables-nft writes its version banner on a line of its own, and the cause on the next), without
+ * the banner and the `Try ... --help` hint, joined with "; "; the exit code when nothing is left.
+ */
+export function failureReason(stderr: string, code: number): string {
+  const lines = stderr.split("\n")
+    .map((line) => line.replace(/\p{Cc}/gu, " ").replace(IPTABLES_BANNER, "").trim())
+    .filter((line) => line !== "" && !IPTABLES_HINT.test(line));
+  const reason = lines.join("; ");
+  if (reason === "") return `exit code ${code}`;
+  return reason.length > REASON_MAX ? `${reason.slice(0, REASON_MAX - 1)}…` : reason;
 }
 
 /** Reads our part of one family's filter table (one `iptables -S` call). */

@@ -13,6 +13,7 @@ import {
   CHAIN,
   type ChainState,
   clearInput,
+  failureReason,
   jumpRules,
   parseListing,
   PORTS,
@@ -126,6 +127,48 @@ describe("restore input", () => {
     assert.deepEqual(state.jumps, [
       "-A INPUT -p tcp -m multiport --dports 5060,5061,4569,5038 -j sipcheck",
     ]);
+  });
+});
+
+describe("why an iptables command failed, in one line", () => {
+  test("iptables-nft: the cause on the line after the version banner", () => {
+    assert.equal(
+      failureReason(
+        "ip6tables-restore v1.8.9 (nf_tables): \n" +
+          "line 3: CHAIN_DEL failed (Device or resource busy): chain sipcheck\n",
+        4,
+      ),
+      "line 3: CHAIN_DEL failed (Device or resource busy): chain sipcheck",
+    );
+  });
+  test("the banner goes, the help hint goes, the meaningful lines are joined", () => {
+    assert.equal(
+      failureReason(
+        "iptables-restore v1.8.9 (nf_tables): invalid mask `129' specified\n" +
+          "Error occurred at line: 2\n" +
+          "Try `iptables-restore -h' or 'iptables-restore --help' for more information.\n",
+        2,
+      ),
+      "invalid mask `129' specified; Error occurred at line: 2",
+    );
+    assert.equal(
+      failureReason("iptables v1.8.9 (legacy): Chain 'sipcheck' does not exist\n", 1),
+      "Chain 'sipcheck' does not exist",
+    );
+  });
+  test("legacy messages stay whole; nothing at all gives the exit code", () => {
+    assert.equal(
+      failureReason("iptables-restore: line 3 failed\n", 1),
+      "iptables-restore: line 3 failed",
+    );
+    assert.equal(failureReason("", 4), "exit code 4");
+    assert.equal(failureReason("iptables-restore v1.8.9 (nf_tables): \n\n", 4), "exit code 4");
+  });
+  test("always one line, and not endless", () => {
+    const reason = failureReason("a\r\n\tb\x1b[31m\n" + "x".repeat(5000), 1);
+    assert.ok(!/\p{Cc}/u.test(reason), JSON.stringify(reason));
+    assert.ok(reason.startsWith("a; b [31m; x"), reason);
+    assert.ok(reason.length <= 400 && reason.endsWith("…"));
   });
 });
 
@@ -287,9 +330,14 @@ describe("real iptables in a private network namespace", { skip: skip ?? false }
         .map(shellQuote).join(" ");
     const [before, result, afterRun] = sections(
       `sipcheck -q ${offenders} >/dev/null; ${SAVE("iptables")}; ${SAVE("ip6tables")}; echo ==; ` +
-        `${runDriver}; echo "exit $?"; echo ==; ${SAVE("iptables")}; ${SAVE("ip6tables")}`,
+        `${runDriver} 2>&1; echo "exit $?"; echo ==; ${SAVE("iptables")}; ${SAVE("ip6tables")}`,
     );
     assert.match(result, /exit 69\n$/);
+    assert.match(
+      result,
+      /ip6tables-restore -w --noflush failed: invalid mask `129' specified; Error occurred at line: \d+; nothing was banned\n/,
+      "the cause, not iptables-nft's version banner",
+    );
     assert.match(before, /203\.0\.113\.6/);
     assert.equal(
       afterRun,
