@@ -228,8 +228,12 @@ export interface ChainState {
   exists: boolean;
   /** Addresses our chain drops. */
   bans: Set<string>;
-  /** Rules anywhere that jump to our chain, as `iptables -S` prints them. */
+  /** Rules anywhere that jump (`-j`) or go (`-g`) to our chain, as `iptables -S` prints them. */
   jumps: string[];
+  /** Where each of `jumps` stands in its own chain (1 = first), to put ours back there. */
+  jumpPositions: number[];
+  /** Rules in our chain that sipcheck does not write (anything but a ban of one address). */
+  foreignRules: string[];
 }
 
 /** Result of running a program. */
@@ -2708,10 +2712,12 @@ export function jumpRules(): string[] {
   );
 }
 
-const OUR_JUMP = new RegExp(`^-A INPUT -p (?:udp|tcp) -m multiport --dports [\\d,:]+ -j ${CHAIN}$`);
+/** A ban rule as sipcheck writes it and `iptables -S` prints it: one address, `-j DROP`. */
 const BAN_RULE = new RegExp(`^-A ${CHAIN} -s ([0-9a-fA-F.:]+)/(32|128) -j DROP$`);
 const NEW_CHAIN = `-N ${CHAIN}`;
+const RULE_IN_CHAIN = `-A ${CHAIN} `;
 const JUMP_END = ` -j ${CHAIN}`;
+const GOTO_END = ` -g ${CHAIN}`;
 /**
  * What an address may look like in a rule sipcheck writes: dotted IPv4 or lower-case IPv6. The
  * addresses come canonical from the counts; this keeps anything else (a space, a line feed, an
@@ -2719,19 +2725,95 @@ const JUMP_END = ` -j ${CHAIN}`;
  */
 const RULE_ADDRESS = /^(?:\d{1,3}(?:\.\d{1,3}){3}|[\da-f]{0,4}(?::[\da-f]{0,4}){2,7})$/;
 
-/** Reads `iptables -S` output: does our chain exist, what does it drop, what jumps to it. */
+/**
+ * Reads `iptables -S` output: does our chain exist, what does it drop, what jumps to it, and
+ * which of its rules sipcheck did not write. Only `-s ADDRESS/32 -j DROP` (IPv4) and
+ * `-s ADDRESS/128 -j DROP` (IPv6) are bans; any other rule in the chain is foreign.
+ */
 export function parseListing(listing: string): ChainState {
-  const state: ChainState = { exists: false, bans: new Set(), jumps: [] };
+  const state: ChainState = {
+    exists: false,
+    bans: new Set(),
+    jumps: [],
+    jumpPositions: [],
+    foreignRules: [],
+  };
+  const rulesSoFar = new Map<string, number>(); // per chain, for the positions of the jumps
   for (const line of listing.split("\n")) {
     if (line === NEW_CHAIN) state.exists = true;
-    else if (line.endsWith(JUMP_END) && line.startsWith("-A ")) state.jumps.push(line);
-    else {
-      const ban = BAN_RULE.exec(line);
-      const address = ban && normaliseAddress(ban[1], "bare");
+    if (!line.startsWith("-A ")) continue;
+    const chain = line.slice(3).split(" ")[0];
+    const position = (rulesSoFar.get(chain) ?? 0) + 1;
+    rulesSoFar.set(chain, position);
+    if (line.startsWith(RULE_IN_CHAIN)) {
+      const address = banAddress(line);
       if (address) state.bans.add(address);
+      else state.foreignRules.push(line);
+    } else if (line.endsWith(JUMP_END) || line.endsWith(GOTO_END)) {
+      state.jumps.push(line);
+      state.jumpPositions.push(position);
     }
   }
   return state;
+}
+
+/** The address a rule of our chain bans, when it is a ban exactly as sipcheck writes it. */
+function banAddress(rule: string): string | null {
+  const ban = BAN_RULE.exec(rule);
+  const address = ban && normaliseAddress(ban[1], "bare");
+  if (!address) return null;
+  return (versionOf(address) === 4 ? "32" : "128") === ban[2] ? address : null;
+}
+
+/** The name of a family's iptables program. */
+export function familyName(version: IpVersion): string {
+  return version === 4 ? "iptables" : "ip6tables";
+}
+
+/** Rules as a short quoted list: the first three, and how many more. */
+function quoteRules(rules: readonly string[]): string {
+  const shown = rules.slice(0, 3).map((rule) => `"${rule}"`).join(", ");
+  return rules.length > 3 ? `${shown} and ${rules.length - 3} more` : shown;
+}
+
+/**
+ * Why a ban run must not use this family's chain, or null when it may: the chain holds rules
+ * sipcheck did not write (an ACCEPT before the bans would let a banned address through, and
+ * jumping to someone else's chain would change what their rules do). Jumps to the chain from
+ * elsewhere do not stop a ban: they only send more traffic past the bans.
+ */
+export function banRefusal(version: IpVersion, state: ChainState): string | null {
+  if (state.foreignRules.length === 0) return null;
+  return `${familyName(version)}: the ${CHAIN} chain holds ${
+    state.foreignRules.length === 1 ? "a rule" : "rules"
+  } sipcheck did not write (${quoteRules(state.foreignRules)}); sipcheck bans only in a chain ` +
+    `of its own: delete ${state.foreignRules.length === 1 ? "it" : "them"} ` +
+    `(${familyName(version)} -D ${CHAIN} N), or rename that chain (${familyName(version)} -E ` +
+    `${CHAIN} NEWNAME)`;
+}
+
+/**
+ * Why `clear` must not touch this family, or null when it may: the chain holds rules sipcheck
+ * did not write (flushing it would delete them), or a rule other than sipcheck's two jumps
+ * jumps to it (the chain could not be deleted, and that rule is not sipcheck's to delete).
+ */
+export function clearRefusal(version: IpVersion, state: ChainState): string | null {
+  const ours = jumpRules();
+  const foreignJumps = state.jumps.filter((jump) => !ours.includes(jump));
+  const reasons: string[] = [];
+  if (state.foreignRules.length) {
+    reasons.push(
+      `the ${CHAIN} chain holds ${state.foreignRules.length === 1 ? "a rule" : "rules"} ` +
+        `sipcheck did not write (${quoteRules(state.foreignRules)})`,
+    );
+  }
+  if (foreignJumps.length) {
+    reasons.push(
+      `${foreignJumps.length === 1 ? "a rule" : "rules"} sipcheck did not write ` +
+        `${foreignJumps.length === 1 ? "jumps" : "jump"} to it (${quoteRules(foreignJumps)})`,
+    );
+  }
+  return reasons.length ? `${familyName(version)}: ${reasons.join(", and ")}` : null;
 }
 
 /** The IP version of a normalised address. */
@@ -2777,15 +2859,38 @@ export function unbanInput(state: ChainState, addresses: readonly string[]): str
 }
 
 /**
- * Input that removes our jump rules from INPUT and our chain, or null when there is nothing of
- * ours. Rules that jump to our chain from elsewhere are not ours: they make the batch fail, and
- * nothing changes.
+ * Input that removes our jump rules (every copy of them) and our chain, or null when there is
+ * nothing of ours. Only for a state that {@link clearRefusal} finds nothing against: flushing a
+ * chain that holds foreign rules would delete them.
  */
 export function clearInput(state: ChainState): string | null {
-  const jumps = state.jumps.filter((jump) => OUR_JUMP.test(jump));
+  if (state.foreignRules.length) throw new Error(`the ${CHAIN} chain holds foreign rules`);
+  const ours = jumpRules();
+  const jumps = state.jumps.filter((jump) => ours.includes(jump));
   if (!state.exists && jumps.length === 0) return null;
   const lines = ["*filter", ...jumps.map((jump) => jump.replace("-A ", "-D "))];
   if (state.exists) lines.push(`-F ${CHAIN}`, `-X ${CHAIN}`);
+  lines.push("COMMIT", "");
+  return lines.join("\n");
+}
+
+/**
+ * Input that undoes {@link clearInput} for the same state: the chain with its bans in their
+ * order, and our jumps back where they stood in INPUT.
+ */
+export function unclearInput(state: ChainState): string {
+  const lines = ["*filter"];
+  if (state.exists) lines.push(`:${CHAIN} - [0:0]`);
+  for (const address of state.bans) {
+    lines.push(`-A ${CHAIN} -s ${address}/${versionOf(address) === 4 ? 32 : 128} -j DROP`);
+  }
+  const ours = jumpRules();
+  const jumps = state.jumps.map((jump, k) => ({ jump, position: state.jumpPositions[k] }))
+    .filter(({ jump }) => ours.includes(jump))
+    .sort((a, b) => a.position - b.position);
+  for (const { jump, position } of jumps) {
+    lines.push(jump.replace("-A INPUT", `-I INPUT ${position}`));
+  }
   lines.push("COMMIT", "");
   return lines.join("\n");
 }
@@ -3336,13 +3441,27 @@ export async function listChain(run: Runner, version: IpVersion): Promise<ChainS
   return parseListing(result.stdout);
 }
 
-/** Adds bans in one atomic `iptables-restore --noflush` batch. */
+/**
+ * Reads one family's chain for a ban run; SipcheckError(69) when the chain holds rules sipcheck
+ * did not write ({@link banRefusal}): a run neither adds to such a chain nor trusts its bans.
+ */
+export async function listChainForBans(run: Runner, version: IpVersion): Promise<ChainState> {
+  const state = await listChain(run, version);
+  const refusal = banRefusal(version, state);
+  if (refusal) throw new SipcheckError(EXIT.unavailable, refusal);
+  return state;
+}
+
+/** Adds bans in one atomic `iptables-restore --noflush` batch (never to a chain that holds
+ * foreign rules: SipcheckError(69)). */
 export async function addBans(
   run: Runner,
   version: IpVersion,
   state: ChainState,
   addresses: readonly string[],
 ): Promise<void> {
+  const refusal = banRefusal(version, state);
+  if (refusal) throw new SipcheckError(EXIT.unavailable, refusal);
   await firewall(run, IPTABLES[version].restore, ["-w", "--noflush"], banInput(state, addresses));
 }
 
@@ -3356,7 +3475,8 @@ export async function removeBans(
   await firewall(run, IPTABLES[version].restore, ["-w", "--noflush"], unbanInput(state, addresses));
 }
 
-/** Removes our jump rules and chain in one batch; false when there was nothing of ours. */
+/** Removes our jump rules and chain in one batch; false when there was nothing of ours. The
+ * caller has checked {@link clearRefusal}. */
 export async function clearChain(
   run: Runner,
   version: IpVersion,
@@ -3366,6 +3486,15 @@ export async function clearChain(
   if (input === null) return false;
   await firewall(run, IPTABLES[version].restore, ["-w", "--noflush"], input);
   return true;
+}
+
+/** Undoes {@link clearChain} (used when the other family's batch fails). */
+export async function unclearChain(
+  run: Runner,
+  version: IpVersion,
+  state: ChainState,
+): Promise<void> {
+  await firewall(run, IPTABLES[version].restore, ["-w", "--noflush"], unclearInput(state));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -6074,7 +6203,7 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
       decide(counts, { threshold: options.threshold, ignore, banned, dryRun: options.dryRun });
     let decisions = decideWith(new Set());
     if (decisions.some((d) => d.action === "banned")) {
-      const state = states.get(version) ?? await listChain(deps.run, version);
+      const state = states.get(version) ?? await listChainForBans(deps.run, version);
       states.set(version, state);
       decisions = decideWith(state.bans);
       const fresh = decisions.filter((d) => d.action === "banned").map((d) => d.ip);
@@ -6510,7 +6639,9 @@ async function scan(options: Options, deps: Deps): Promise<number> {
       const needed = versions.filter((version) =>
         offenders.some((d) => d.action === "banned" && versionOf(d.ip) === version)
       );
-      const listed = await Promise.all(needed.map((version) => listChain(deps.run, version)));
+      const listed = await Promise.all(
+        needed.map((version) => listChainForBans(deps.run, version)),
+      );
       needed.forEach((version, k) => states.set(version, listed[k]));
       // What the chains drop already is not banned again.
       const banned = new Set(listed.flatMap((state) => [...state.bans]));
@@ -6580,25 +6711,69 @@ async function list(options: Options, deps: Deps): Promise<number> {
   return EXIT.ok;
 }
 
-/** `clear`: remove our jump rules and chains, in both families. */
+/**
+ * `clear`: remove our jump rules and chains, in both families, or nothing at all. Both families
+ * are read and checked first: if either holds a rule sipcheck did not write, neither is touched.
+ * If the second family's batch fails, the first is put back.
+ */
 async function clear(options: Options, deps: Deps): Promise<number> {
-  const removed: string[] = [];
-  for (const version of [4, 6] as const) {
-    const state = await listChain(deps.run, version);
-    if (await clearChain(deps.run, version, state)) {
-      removed.push(
-        `${version === 4 ? "iptables" : "ip6tables"} (${plural(state.bans.size, "ban")})`,
-      );
+  const versions = [4, 6] as const;
+  const states = await Promise.all(versions.map((version) => listChain(deps.run, version)));
+  const refusals = versions.map((version, k) => clearRefusal(version, states[k]))
+    .filter((refusal) => refusal !== null);
+  if (refusals.length) {
+    throw new SipcheckError(
+      EXIT.unavailable,
+      `nothing was cleared, in either family: ${refusals.join("; ")}; sipcheck removes only ` +
+        "what it wrote: delete or move those rules, then run clear again",
+    );
+  }
+  const plans = versions.map((version, k) => ({ version, state: states[k] }))
+    .filter(({ state }) => clearInput(state) !== null);
+  const what = plans.map(({ version, state }) =>
+    `${familyName(version)} (${plural(state.bans.size, "ban")})`
+  ).join(" and ");
+  const cleared: typeof plans = [];
+  for (const plan of plans) {
+    try {
+      await clearChain(deps.run, plan.version, plan.state);
+    } catch (error) {
+      if (!(error instanceof SipcheckError)) throw error;
+      throw new SipcheckError(error.code, `${error.message}; ${await undoClear(cleared, deps)}`);
     }
+    cleared.push(plan);
   }
   if (!options.quiet) {
     await deps.stdout(
-      removed.length
-        ? `sipcheck: removed the ${CHAIN} chain and its jump rules from ${removed.join(" and ")}\n`
+      plans.length
+        ? `sipcheck: removed the ${CHAIN} chain and its jump rules from ${what}\n`
         : "sipcheck: nothing to clear\n",
     );
   }
   return EXIT.ok;
+}
+
+/** Puts back the families a failed `clear` had already cleared; says what the firewall is now. */
+async function undoClear(
+  cleared: readonly { version: IpVersion; state: ChainState }[],
+  deps: Deps,
+): Promise<string> {
+  const outcomes: string[] = [];
+  let allPutBack = true;
+  for (const { version, state } of cleared) {
+    try {
+      await unclearChain(deps.run, version, state);
+      outcomes.push(`${familyName(version)} had been cleared and was put back as it was`);
+    } catch (error) {
+      if (!(error instanceof SipcheckError)) throw error;
+      allPutBack = false;
+      outcomes.push(
+        `${familyName(version)} was cleared and could not be put back (${error.message}): ` +
+          "its bans come back with the next ban run",
+      );
+    }
+  }
+  return allPutBack ? [...outcomes, "nothing was changed"].join(": ") : outcomes.join("; ");
 }
 
 /**

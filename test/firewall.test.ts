@@ -10,14 +10,17 @@ import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import {
   banInput,
+  banRefusal,
   CHAIN,
   type ChainState,
   clearInput,
+  clearRefusal,
   failureReason,
   jumpRules,
   parseListing,
   PORTS,
   unbanInput,
+  unclearInput,
 } from "../sipcheck.ts";
 import {
   cliCommand,
@@ -40,7 +43,21 @@ function log(name: string, failures: Record<string, number>): string {
   return path;
 }
 
-const empty: ChainState = { exists: false, bans: new Set(), jumps: [] };
+/** A chain state: what is given, nothing foreign, the jumps at the top of their chains. */
+function chainState(
+  fields: { exists: boolean; bans?: string[]; jumps?: string[]; foreignRules?: string[] },
+): ChainState {
+  const jumps = fields.jumps ?? [];
+  return {
+    exists: fields.exists,
+    bans: new Set(fields.bans ?? []),
+    jumps,
+    jumpPositions: jumps.map((_, k) => k + 1),
+    foreignRules: fields.foreignRules ?? [],
+  };
+}
+
+const empty = chainState({ exists: false });
 
 describe("restore input", () => {
   test("a first ban declares the chain and inserts the jumps at the top of INPUT", () => {
@@ -59,12 +76,12 @@ describe("restore input", () => {
     );
   });
   test("an existing chain is never declared again (that would flush it)", () => {
-    const state: ChainState = { exists: true, bans: new Set(["203.0.113.1"]), jumps: jumpRules() };
+    const state = chainState({ exists: true, bans: ["203.0.113.1"], jumps: jumpRules() });
     const input = banInput(state, ["203.0.113.6"]);
     assert.equal(input, `*filter\n-A ${CHAIN} -s 203.0.113.6/32 -j DROP\nCOMMIT\n`);
   });
   test("a missing jump is put back", () => {
-    const state: ChainState = { exists: true, bans: new Set(), jumps: [jumpRules()[0]] };
+    const state = chainState({ exists: true, jumps: [jumpRules()[0]] });
     assert.match(banInput(state, ["203.0.113.6"]), /-I INPUT 1 -p tcp .*\nCOMMIT/);
     assert.doesNotMatch(banInput(state, ["203.0.113.6"]), /-p udp/);
   });
@@ -94,7 +111,7 @@ describe("restore input", () => {
         "",
       ].join("\n"),
     );
-    const existing: ChainState = { exists: true, bans: new Set(), jumps: jumpRules() };
+    const existing = chainState({ exists: true, jumps: jumpRules() });
     assert.equal(
       unbanInput(existing, ["203.0.113.5"]),
       `*filter\n-D ${CHAIN} -s 203.0.113.5/32 -j DROP\nCOMMIT\n`,
@@ -102,12 +119,21 @@ describe("restore input", () => {
   });
   test("clear removes our jumps and chain only, and nothing when there is nothing", () => {
     assert.equal(clearInput(empty), null);
-    const foreign = "-A FORWARD -j sipcheck";
-    const state: ChainState = { exists: true, bans: new Set(), jumps: [...jumpRules(), foreign] };
+    const state = chainState({ exists: true, jumps: jumpRules() });
     const input = clearInput(state)!;
-    assert.ok(!input.includes("FORWARD"), "a jump from elsewhere is not ours to delete");
     assert.equal(input.split("\n").filter((l) => l.startsWith("-D INPUT")).length, 2);
     assert.match(input, new RegExp(`-F ${CHAIN}\n-X ${CHAIN}\nCOMMIT\n$`));
+    const twice = chainState({ exists: true, jumps: [...jumpRules(), jumpRules()[0]] });
+    assert.equal(
+      clearInput(twice)!.split("\n").filter((l) => l.startsWith("-D INPUT")).length,
+      3,
+      "every copy of our exact jump goes",
+    );
+    assert.throws(
+      () => clearInput(chainState({ exists: true, foreignRules: [`-A ${CHAIN} -j ACCEPT`] })),
+      /foreign rules/,
+      "never a flush of a chain that holds someone else's rules",
+    );
   });
   test("parseListing reads our chain and only our chain", () => {
     const state = parseListing([
@@ -118,7 +144,6 @@ describe("restore input", () => {
       "-A INPUT -s 198.51.100.1/32 -j DROP",
       "-A sipcheck -s 203.0.113.5/32 -j DROP",
       "-A sipcheck -s 2001:db8::5/128 -j DROP",
-      "-A sipcheck -s 203.0.113.0/24 -j DROP",
       "-A sipcheck-other -s 203.0.113.9/32 -j DROP",
       "",
     ].join("\n"));
@@ -127,6 +152,130 @@ describe("restore input", () => {
     assert.deepEqual(state.jumps, [
       "-A INPUT -p tcp -m multiport --dports 5060,5061,4569,5038 -j sipcheck",
     ]);
+    assert.deepEqual(state.jumpPositions, [1]);
+    assert.deepEqual(state.foreignRules, []);
+  });
+  test("parseListing: only a ban of one address is sipcheck's; every other rule of the chain is foreign", () => {
+    const foreign = [
+      "-A sipcheck -s 10.0.0.0/8 -j ACCEPT",
+      "-A sipcheck -p tcp -m tcp --dport 22 -j LOG",
+      "-A sipcheck -s 203.0.113.0/24 -j DROP",
+      "-A sipcheck -s 2001:db8::/32 -j DROP",
+      "-A sipcheck -s ::ffff:203.0.113.7/128 -j DROP",
+      "-A sipcheck -s 203.0.113.8/32 -j REJECT --reject-with icmp-port-unreachable",
+      "-A sipcheck -s 203.0.113.9/32 -p udp -j DROP",
+      "-A sipcheck -j RETURN",
+    ];
+    const state = parseListing(
+      ["-N sipcheck", "-A sipcheck -s 203.0.113.5/32 -j DROP", ...foreign].join("\n"),
+    );
+    assert.deepEqual([...state.bans], ["203.0.113.5"]);
+    assert.deepEqual(state.foreignRules, foreign);
+  });
+  test("parseListing: every rule that jumps or goes to the chain, with its place in its chain", () => {
+    const state = parseListing([
+      "-N sipcheck",
+      "-N mine",
+      "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+      ...jumpRules(),
+      "-A INPUT -p udp -m multiport --dports 5060 -j sipcheck",
+      "-A FORWARD -g sipcheck",
+      '-A mine -s 198.51.100.0/24 -m comment --comment "not -j sipcheck" -j ACCEPT',
+      "-A mine -p tcp -m multiport --dports 5060:5070 -j sipcheck",
+    ].join("\n"));
+    assert.deepEqual(state.jumps, [
+      ...jumpRules(),
+      "-A INPUT -p udp -m multiport --dports 5060 -j sipcheck",
+      "-A FORWARD -g sipcheck",
+      "-A mine -p tcp -m multiport --dports 5060:5070 -j sipcheck",
+    ]);
+    assert.deepEqual(state.jumpPositions, [2, 3, 4, 1, 2]);
+  });
+  test("unclearInput puts back what clearInput removes: the bans in order, the jumps where they were", () => {
+    const state = parseListing([
+      "-N sipcheck",
+      "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+      jumpRules()[1],
+      "-A INPUT -p tcp --dport 22 -j ACCEPT",
+      jumpRules()[0],
+      "-A sipcheck -s 203.0.113.6/32 -j DROP",
+      "-A sipcheck -s 203.0.113.5/32 -j DROP",
+    ].join("\n"));
+    assert.equal(
+      unclearInput(state),
+      [
+        "*filter",
+        `:${CHAIN} - [0:0]`,
+        `-A ${CHAIN} -s 203.0.113.6/32 -j DROP`,
+        `-A ${CHAIN} -s 203.0.113.5/32 -j DROP`,
+        jumpRules()[1].replace("-A INPUT", "-I INPUT 2"),
+        jumpRules()[0].replace("-A INPUT", "-I INPUT 4"),
+        "COMMIT",
+        "",
+      ].join("\n"),
+    );
+  });
+});
+
+describe("whose rules: what stops a ban run or clear", () => {
+  const ours = chainState({ exists: true, bans: ["203.0.113.5"], jumps: jumpRules() });
+  test("nothing stops either when the chain and its jumps are exactly sipcheck's", () => {
+    assert.equal(banRefusal(4, ours), null);
+    assert.equal(clearRefusal(4, ours), null);
+    assert.equal(clearRefusal(6, empty), null);
+  });
+  test("foreign rules in the chain stop both, named with the family", () => {
+    const state = chainState({
+      exists: true,
+      jumps: jumpRules(),
+      foreignRules: [
+        "-A sipcheck -s 10.0.0.0/8 -j ACCEPT",
+        "-A sipcheck -p tcp -m tcp --dport 22 -j LOG",
+      ],
+    });
+    const rules =
+      '("-A sipcheck -s 10.0.0.0/8 -j ACCEPT", "-A sipcheck -p tcp -m tcp --dport 22 -j LOG")';
+    assert.equal(
+      clearRefusal(4, state),
+      `iptables: the sipcheck chain holds rules sipcheck did not write ${rules}`,
+    );
+    assert.equal(
+      banRefusal(6, state),
+      `ip6tables: the sipcheck chain holds rules sipcheck did not write ${rules}; sipcheck bans ` +
+        "only in a chain of its own: delete them (ip6tables -D sipcheck N), or rename that chain " +
+        "(ip6tables -E sipcheck NEWNAME)",
+    );
+  });
+  test("a jump that is not exactly one of sipcheck's stops clear, not a ban run", () => {
+    for (
+      const jump of [
+        "-A INPUT -p udp -m multiport --dports 5060 -j sipcheck",
+        "-A INPUT -p tcp -m multiport --dports 5060:5070 -j sipcheck",
+        "-A FORWARD -j sipcheck",
+        "-A FORWARD -g sipcheck",
+        jumpRules()[0].replace("INPUT", "FORWARD"),
+      ]
+    ) {
+      const state = chainState({ exists: true, jumps: [...jumpRules(), jump] });
+      assert.equal(
+        clearRefusal(6, state),
+        `ip6tables: a rule sipcheck did not write jumps to it ("${jump}")`,
+      );
+      assert.equal(banRefusal(6, state), null);
+    }
+  });
+  test("many foreign rules: the first three, and how many more; always one line", () => {
+    const foreignRules = Array.from(
+      { length: 5 },
+      (_, k) => `-A sipcheck -s 10.0.0.${k}/32 -j ACCEPT`,
+    );
+    const jumps = ["-A FORWARD -j sipcheck", "-A OUTPUT -j sipcheck"];
+    const refusal = clearRefusal(4, chainState({ exists: true, jumps, foreignRules }))!;
+    assert.match(
+      refusal,
+      /10\.0\.0\.2\/32 -j ACCEPT" and 2 more\), and rules sipcheck did not write jump to it \("-A FORWARD -j sipcheck", "-A OUTPUT -j sipcheck"\)$/,
+    );
+    assert.ok(!refusal.includes("\n"));
   });
 });
 
@@ -185,7 +334,28 @@ function sections(script: string): string[] {
 const SAVE = (binary: string) =>
   `${binary}-save -t filter | grep -v '^#' | sed 's/ \\[[0-9]*:[0-9]*\\]$//'`;
 
+/**
+ * A shell command that runs sipcheck's main with `argv`, with the real iptables, but every
+ * ip6tables-restore batch gets one bad rule (an impossible prefix), so that it fails.
+ */
+function poisoned(name: string, argv: readonly string[]): string {
+  const driver = join(dir.path, name);
+  writeFileSync(
+    driver,
+    `import process from "node:process";\n` +
+      `import { main, runProgram } from ${JSON.stringify(SIPCHECK)};\n` +
+      `process.exitCode = await main(${JSON.stringify(argv)}, {\n` +
+      `  run: (binary, args, input) => runProgram(binary, args, binary.endsWith("ip6tables-restore") && input\n` +
+      `    ? input.replace("COMMIT", "-A ${CHAIN} -s 2001:db8::1/129 -j DROP\\nCOMMIT") : input),\n` +
+      `});\n`,
+  );
+  const command = cliCommand([], ["-A"]).filter((word) => word !== SIPCHECK);
+  return (RUNTIME === "deno" ? [...command.slice(0, -1), "-A", driver] : [command[0], driver])
+    .map(shellQuote).join(" ");
+}
+
 describe("real iptables in a private network namespace", { skip: skip ?? false }, () => {
+  const BOTH = `${SAVE("iptables")}; echo ==; ${SAVE("ip6tables")}`;
   const offenders = log("offenders.log", {
     "203.0.113.5:5060": 250,
     "203.0.113.6": 300,
@@ -303,31 +473,82 @@ describe("real iptables in a private network namespace", { skip: skip ?? false }
     assert.deepEqual(JSON.parse(json), inChain);
   });
 
-  test("a jump from someone else's rule makes clear fail and change nothing (69)", () => {
-    const [run, rules] = sections(
-      `sipcheck -q ${offenders} >/dev/null; iptables -A FORWARD -j ${CHAIN}; sipcheck clear; echo "exit $?"; echo ==; iptables -S`,
+  test("a jump from someone else's rule makes clear change nothing in either family (69)", () => {
+    const [before4, before6, run, after4, after6] = sections(
+      `sipcheck -q ${offenders} >/dev/null; ip6tables -A FORWARD -j ${CHAIN}; ${BOTH}; echo ==; ` +
+        `sipcheck clear 2>&1; echo "exit $?"; echo ==; ${BOTH}`,
     );
-    assert.match(run, /exit 69\n$/);
-    assert.match(rules, new RegExp(`-A ${CHAIN} -s 203.0.113.6/32 -j DROP`));
-    assert.match(rules, new RegExp(`-A INPUT -p udp .* -j ${CHAIN}`));
+    assert.equal(
+      run,
+      "sipcheck: nothing was cleared, in either family: ip6tables: a rule sipcheck did not " +
+        `write jumps to it ("-A FORWARD -j ${CHAIN}"); sipcheck removes only what it wrote: ` +
+        "delete or move those rules, then run clear again\nexit 69\n",
+    );
+    assert.match(before4, new RegExp(`-A ${CHAIN} -s 203.0.113.6/32 -j DROP`));
+    assert.equal(after4, before4, "IPv4 is not cleared when IPv6 cannot be");
+    assert.equal(after6, before6);
+  });
+
+  test("clear leaves a chain it did not fill alone, and users' own jumps to it (69)", () => {
+    const setups = [
+      `iptables -N ${CHAIN}; iptables -A ${CHAIN} -s 10.0.0.0/8 -j ACCEPT; ` +
+      `iptables -A ${CHAIN} -p tcp --dport 22 -j LOG`,
+      `sipcheck -q ${offenders} >/dev/null; ` +
+      `iptables -A INPUT -p udp -m multiport --dports 5060 -j ${CHAIN}`,
+      `sipcheck -q ${offenders} >/dev/null; ` +
+      `ip6tables -A INPUT -p tcp -m multiport --dports 5060:5070 -j ${CHAIN}`,
+    ];
+    const expected = [
+      /^sipcheck: nothing was cleared, in either family: iptables: the sipcheck chain holds rules sipcheck did not write \("-A sipcheck -s 10\.0\.0\.0\/8 -j ACCEPT", "-A sipcheck -p tcp -m tcp --dport 22 -j LOG"\); sipcheck removes only what it wrote/,
+      /^sipcheck: nothing was cleared, in either family: iptables: a rule sipcheck did not write jumps to it \("-A INPUT -p udp -m multiport --dports 5060 -j sipcheck"\);/,
+      /^sipcheck: nothing was cleared, in either family: ip6tables: a rule sipcheck did not write jumps to it \("-A INPUT -p tcp -m multiport --dports 5060:5070 -j sipcheck"\);/,
+    ];
+    for (const [k, setup] of setups.entries()) {
+      const [before4, before6, run, after4, after6] = sections(
+        `${setup}; ${BOTH}; echo ==; sipcheck clear 2>&1; echo "exit $?"; echo ==; ${BOTH}`,
+      );
+      assert.match(run, expected[k]);
+      assert.match(run, /\nexit 69\n$/);
+      assert.equal(run.split("\n").length, 3, "one line, then the exit code");
+      assert.equal(after4, before4, setup);
+      assert.equal(after6, before6, setup);
+    }
+  });
+
+  test("a ban run will not add to a chain that holds foreign rules (69, nothing changes)", () => {
+    const [before4, before6, run, after4, after6] = sections(
+      `iptables -N ${CHAIN}; iptables -A ${CHAIN} -s 10.0.0.0/8 -j ACCEPT; ${BOTH}; echo ==; ` +
+        `sipcheck -q ${offenders} 2>&1; echo "exit $?"; echo ==; ${BOTH}`,
+    );
+    assert.equal(
+      run,
+      "would ban       203.0.113.6  300 failures\n" +
+        "would ban       203.0.113.5  250 failures\n" +
+        "would ban       2001:db8::5  200 failures\n" +
+        "sipcheck: iptables: the sipcheck chain holds a rule sipcheck did not write " +
+        '("-A sipcheck -s 10.0.0.0/8 -j ACCEPT"); sipcheck bans only in a chain of its own: ' +
+        "delete it (iptables -D sipcheck N), or rename that chain (iptables -E sipcheck NEWNAME); " +
+        "nothing was banned\nexit 69\n",
+    );
+    assert.equal(after4, before4);
+    assert.equal(after6, before6, "the IPv6 batch was not applied either");
+  });
+
+  test("a ban run bans in a chain that someone else also jumps to, and leaves that jump be", () => {
+    const [run, rules] = sections(
+      `sipcheck -q ${offenders} >/dev/null; iptables -A FORWARD -j ${CHAIN}; ` +
+        `sipcheck -q ${more}; echo "exit $?"; echo ==; iptables -S`,
+    );
+    assert.equal(
+      run,
+      "banned          203.0.113.8  200 failures\nbanned          2001:db8::8  200 failures\nexit 0\n",
+    );
+    assert.match(rules, new RegExp(`-A FORWARD -j ${CHAIN}\n`));
+    assert.match(rules, new RegExp(`-A ${CHAIN} -s 203.0.113.8/32 -j DROP\n`));
   });
 
   test("a run whose second batch fails leaves both chains as they were (69)", () => {
-    // The real iptables-restore gets a batch with one bad rule in it (an impossible prefix).
-    const driver = join(dir.path, "poisoned.ts");
-    writeFileSync(
-      driver,
-      `import process from "node:process";\n` +
-        `import { main, runProgram } from ${JSON.stringify(SIPCHECK)};\n` +
-        `process.exitCode = await main(${JSON.stringify(["-q", more])}, {\n` +
-        `  run: (binary, args, input) => runProgram(binary, args, binary.endsWith("ip6tables-restore") && input\n` +
-        `    ? input.replace("COMMIT", "-A ${CHAIN} -s 2001:db8::1/129 -j DROP\\nCOMMIT") : input),\n` +
-        `});\n`,
-    );
-    const command = cliCommand([], ["-A"]).filter((word) => word !== SIPCHECK);
-    const runDriver =
-      (RUNTIME === "deno" ? [...command.slice(0, -1), "-A", driver] : [command[0], driver])
-        .map(shellQuote).join(" ");
+    const runDriver = poisoned("poisoned-ban.ts", ["-q", more]);
     const [before, result, afterRun] = sections(
       `sipcheck -q ${offenders} >/dev/null; ${SAVE("iptables")}; ${SAVE("ip6tables")}; echo ==; ` +
         `${runDriver} 2>&1; echo "exit $?"; echo ==; ${SAVE("iptables")}; ${SAVE("ip6tables")}`,
@@ -344,6 +565,28 @@ describe("real iptables in a private network namespace", { skip: skip ?? false }
       before,
       "203.0.113.8 went in with the first batch and was taken out again",
     );
+  });
+
+  test("clear whose IPv6 batch fails puts IPv4 back as it was, jumps in their places (69)", () => {
+    const around = [
+      "iptables -I INPUT 1 -p tcp --dport 22 -j ACCEPT",
+      "iptables -I INPUT 3 -m conntrack --ctstate ESTABLISHED -j ACCEPT",
+      "iptables -A INPUT -p icmp -j ACCEPT",
+    ].join("; ");
+    const [before4, before6, result, after4, after6] = sections(
+      `sipcheck -q ${offenders} >/dev/null; ${around}; ${BOTH}; echo ==; ` +
+        `${poisoned("poisoned-clear.ts", ["clear"])} 2>&1; echo "exit $?"; echo ==; ${BOTH}`,
+    );
+    assert.match(
+      before4,
+      new RegExp(`--dport 22 -j ACCEPT\n-A INPUT -p tcp .* -j ${CHAIN}\n-A INPUT -m conntrack`),
+    );
+    assert.match(
+      result,
+      /^sipcheck: \/usr\/sbin\/ip6tables-restore -w --noflush failed: invalid mask `129' specified; Error occurred at line: \d+; iptables had been cleared and was put back as it was: nothing was changed\nexit 69\n$/,
+    );
+    assert.equal(after4, before4);
+    assert.equal(after6, before6);
   });
 });
 

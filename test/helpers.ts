@@ -178,7 +178,8 @@ export class FakeFirewall {
         if (line.startsWith(":")) chains.set(line.slice(1).split(" ")[0], []);
         else if (words[0] === "-A") chains.get(words[1])!.push(line);
         else if (words[0] === "-I") {
-          chains.get(words[1])!.unshift(`-A ${words[1]} ${words.slice(3).join(" ")}`);
+          const rule = `-A ${words[1]} ${words.slice(3).join(" ")}`;
+          chains.get(words[1])!.splice(Number(words[2]) - 1, 0, rule);
         } else if (words[0] === "-D") {
           const rules = chains.get(words[1])!;
           rules.splice(rules.indexOf(line.replace("-D ", "-A ")), 1);

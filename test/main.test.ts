@@ -544,6 +544,64 @@ describe("main", () => {
     assert.equal(again.stdout(), "sipcheck: nothing to clear\n");
     for (const x of [h, list, json, clear, again]) x.done();
   });
+  test("clear whose IPv6 batch fails puts IPv4 back, and says so: 69", async () => {
+    const h = harness();
+    await main([writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 })], h.deps);
+    h.firewall.chains[4].get("INPUT")!.push("-A INPUT -p icmp -j ACCEPT");
+    const before = structuredClone(h.firewall.chains);
+    h.firewall.fail[6] = true;
+    const clear = harness({ run: h.firewall.run });
+    assert.equal(await main(["clear"], clear.deps), EXIT.unavailable);
+    assert.equal(
+      clear.stderr(),
+      "sipcheck: /usr/sbin/ip6tables-restore -w --noflush failed: iptables-restore: line 3 " +
+        "failed; iptables had been cleared and was put back as it was: nothing was changed\n",
+    );
+    assert.equal(clear.stdout(), "");
+    assert.deepEqual(h.firewall.chains, before);
+    for (const x of [h, clear]) x.done();
+  });
+  test("clear that cannot put IPv4 back says what is gone: 69", async () => {
+    const h = harness();
+    await main([writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 })], h.deps);
+    h.firewall.fail[6] = true;
+    let ipv4Restores = 0;
+    const clear = harness({
+      run: (binary, args, input) =>
+        binary === "/usr/sbin/iptables-restore" && ++ipv4Restores === 2
+          ? Promise.resolve({
+            code: 4,
+            stdout: "",
+            stderr: "iptables-restore v1.8.9 (nf_tables): \nline 2: oops\n",
+          })
+          : h.firewall.run(binary, args, input),
+    });
+    assert.equal(await main(["clear"], clear.deps), EXIT.unavailable);
+    assert.equal(
+      clear.stderr(),
+      "sipcheck: /usr/sbin/ip6tables-restore -w --noflush failed: iptables-restore: line 3 " +
+        "failed; iptables was cleared and could not be put back (/usr/sbin/iptables-restore -w " +
+        "--noflush failed: line 2: oops): its bans come back with the next ban run\n",
+    );
+    assert.equal(h.firewall.chains[4].has(CHAIN), false);
+    assert.deepEqual(h.firewall.bans(6), ["2001:db8::1/128"], "IPv6 untouched");
+    for (const x of [h, clear]) x.done();
+  });
+  test("clear of a chain with foreign rules changes nothing in either family: 69", async () => {
+    const h = harness();
+    await main([writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 })], h.deps);
+    h.firewall.chains[6].get(CHAIN)!.push(`-A ${CHAIN} -s 2001:db8::/32 -j DROP`);
+    const before = structuredClone(h.firewall.chains);
+    const clear = harness({ run: h.firewall.run });
+    assert.equal(await main(["clear"], clear.deps), EXIT.unavailable);
+    assert.match(
+      clear.stderr(),
+      /^sipcheck: nothing was cleared, in either family: ip6tables: the sipcheck chain holds a rule sipcheck did not write \("-A sipcheck -s 2001:db8::\/32 -j DROP"\); sipcheck removes only what it wrote: delete or move those rules, then run clear again\n$/,
+    );
+    assert.deepEqual(h.firewall.chains, before);
+    assert.equal(h.firewall.restores().length, 2, "only the two batches of the ban run");
+    for (const x of [h, clear]) x.done();
+  });
   test("200,000 offenders at once are banned, reported and listed", async () => {
     // Nothing calls a function with an argument per address (the stack would overflow).
     const many: Record<string, number> = {};
