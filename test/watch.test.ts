@@ -503,6 +503,28 @@ describe("the firewall", () => {
     assert.equal(await w.stop(), 0);
   });
 
+  test("a chain holding a foreign rule is refused, not banned into, until the rule is gone", async () => {
+    const log = newLog(lines("203.0.113.35", 3));
+    const firewall = new FakeFirewall();
+    firewall.chains[4].set(CHAIN, [`-A ${CHAIN} -s 10.0.0.0/8 -j ACCEPT`]);
+    const w = watching(["-t", "3", log], {}, firewall);
+    await w.watcher.polled();
+    assert.equal(
+      w.stderr(),
+      "sipcheck: iptables: the sipcheck chain holds a rule sipcheck did not write " +
+        '("-A sipcheck -s 10.0.0.0/8 -j ACCEPT"); sipcheck bans only in a chain of its own: ' +
+        "delete it (iptables -D sipcheck N), or rename that chain (iptables -E sipcheck " +
+        `NEWNAME); 1 ban to try again in ${RETRY_MS / 1000} s\n`,
+    );
+    assert.deepEqual(w.events(), []);
+    assert.deepEqual(w.firewall.restores(), [], "nothing was sent to iptables-restore");
+    w.firewall.chains[4].set(CHAIN, []);
+    appendFileSync(log, lines("203.0.113.36", 3));
+    await w.until(() => w.events().length === 2, "the retry");
+    assert.deepEqual(w.firewall.bans(4).sort(), ["203.0.113.35/32", "203.0.113.36/32"]);
+    assert.equal(await w.stop(), 0);
+  });
+
   test("bans that fall due while a batch is in flight go in one restore call", async () => {
     const log = newLog(lines("203.0.113.40", 2));
     const w = watching(["-t", "3", log]);
