@@ -6401,7 +6401,7 @@ const HELP = `sipcheck ${VERSION}: ban addresses that keep failing to log in to 
 
 Usage:
   sipcheck.ts [options] [LOG ...]   scan LOGs, ban every address with >= ${THRESHOLD} failures
-  sipcheck.ts clear                  remove every rule sipcheck added, and nothing else
+  sipcheck.ts clear [-n]             remove every rule sipcheck added, and nothing else
   sipcheck.ts list                   print the addresses sipcheck bans now
   sipcheck.ts watch [options] [LOG ...]
                                      follow LOGs, ban as soon as an address reaches it
@@ -6412,10 +6412,12 @@ LOG defaults to ${LOG_DIR}/messages (messages.log if only that exists); a bare
 name is looked up in ${LOG_DIR}; "-" reads standard input. Several logs add up.
 
 Options:
-  -n, --dry-run          scan and report, change nothing (needs no root)
-  -t, --threshold N      ban at N failures instead of ${THRESHOLD}
+  -n, --dry-run          scan and report, change nothing (needs no root);
+                         clear: say what it would remove, change nothing
+  -t, --threshold N      ban at N failures instead of ${THRESHOLD} (scan, watch)
   -i, --ignore ADDR|CIDR never ban these (repeatable); loopback and this host never are
-      --json             print one JSON object (list: a JSON array; watch: one per line)
+      --json             print one JSON object (list: a JSON array; watch: one per line;
+                         not for clear)
   -q, --quiet            print only new bans and errors
       --window DURATION  watch: count only failures seen in the last DURATION (30s, 10m, 1h)
   -h, --help             print this help
@@ -6444,6 +6446,18 @@ const OPTIONS = {
 const COMMANDS = ["clear", "list", "watch"] as const;
 type Command = "scan" | (typeof COMMANDS)[number];
 
+/**
+ * The commands each option applies to (the others take every command); any other use is a usage
+ * error rather than an option silently ignored. `list` changes nothing, so it has no dry run.
+ */
+const OPTION_COMMANDS: Partial<Record<keyof typeof OPTIONS, readonly Command[]>> = {
+  "dry-run": ["scan", "watch", "clear"],
+  threshold: ["scan", "watch"],
+  ignore: ["scan", "watch"],
+  json: ["scan", "watch", "list"],
+  window: ["watch"],
+};
+
 /** Parsed command line. */
 export interface Options {
   command: Command;
@@ -6457,6 +6471,11 @@ export interface Options {
   version: boolean;
   /** `watch --window`: the sliding window in ms, or null to count since the start. */
   window: number | null;
+}
+
+/** A command as a usage message names it. */
+function commandName(command: Command): string {
+  return command === "scan" ? "a scan" : `"${command}"`;
 }
 
 /** Parses argv; throws SipcheckError(64) with a one-line message on bad usage. */
@@ -6477,6 +6496,19 @@ export function parseOptions(argv: readonly string[]): Options {
         `"${command}" takes no log names (got "${positionals[0]}")`,
       );
     }
+  }
+  for (const [option, commands] of Object.entries(OPTION_COMMANDS)) {
+    if (values[option as keyof typeof values] === undefined || commands.includes(command)) continue;
+    const short = OPTIONS[option as keyof typeof OPTIONS];
+    const name = "short" in short ? `--${option} (-${short.short})` : `--${option}`;
+    const allowed = commands.map(commandName);
+    const list = allowed.length > 1
+      ? `${allowed.slice(0, -1).join(", ")} and ${allowed[allowed.length - 1]}`
+      : allowed[0];
+    throw new SipcheckError(
+      EXIT.usage,
+      `${name} is only for ${list}, not for ${commandName(command)}`,
+    );
   }
   let threshold = THRESHOLD;
   if (values.threshold !== undefined) {
@@ -6503,7 +6535,6 @@ export function parseOptions(argv: readonly string[]): Options {
   });
   let window: number | null = null;
   if (values.window !== undefined) {
-    if (command !== "watch") throw new SipcheckError(EXIT.usage, '--window is only for "watch"');
     window = parseDuration(values.window);
     if (window === null) {
       throw new SipcheckError(
@@ -6714,7 +6745,8 @@ async function list(options: Options, deps: Deps): Promise<number> {
 /**
  * `clear`: remove our jump rules and chains, in both families, or nothing at all. Both families
  * are read and checked first: if either holds a rule sipcheck did not write, neither is touched.
- * If the second family's batch fails, the first is put back.
+ * If the second family's batch fails, the first is put back. `--dry-run` says what it would
+ * remove.
  */
 async function clear(options: Options, deps: Deps): Promise<number> {
   const versions = [4, 6] as const;
@@ -6734,19 +6766,22 @@ async function clear(options: Options, deps: Deps): Promise<number> {
     `${familyName(version)} (${plural(state.bans.size, "ban")})`
   ).join(" and ");
   const cleared: typeof plans = [];
-  for (const plan of plans) {
-    try {
-      await clearChain(deps.run, plan.version, plan.state);
-    } catch (error) {
-      if (!(error instanceof SipcheckError)) throw error;
-      throw new SipcheckError(error.code, `${error.message}; ${await undoClear(cleared, deps)}`);
+  if (!options.dryRun) {
+    for (const plan of plans) {
+      try {
+        await clearChain(deps.run, plan.version, plan.state);
+      } catch (error) {
+        if (!(error instanceof SipcheckError)) throw error;
+        throw new SipcheckError(error.code, `${error.message}; ${await undoClear(cleared, deps)}`);
+      }
+      cleared.push(plan);
     }
-    cleared.push(plan);
   }
   if (!options.quiet) {
+    const verb = options.dryRun ? "would remove" : "removed";
     await deps.stdout(
       plans.length
-        ? `sipcheck: removed the ${CHAIN} chain and its jump rules from ${what}\n`
+        ? `sipcheck: ${verb} the ${CHAIN} chain and its jump rules from ${what}\n`
         : "sipcheck: nothing to clear\n",
     );
   }
@@ -6806,8 +6841,8 @@ export async function main(
       requireRoot(deps, "list");
       return await list(options, deps);
     }
-    if (options.command === "clear" || !options.dryRun) {
-      requireRoot(deps, options.command);
+    if (options.command === "clear" || !options.dryRun) requireRoot(deps, options.command);
+    if (!options.dryRun) {
       await takeLock(deps.lockPath, deps.run, options.command);
       locked = true;
     }

@@ -283,6 +283,18 @@ describe(`sipcheck.ts under ${RUNTIME}`, () => {
       ["-n", "-i", "not-an-ip"],
       'sipcheck: --ignore takes an IP address or CIDR block, not "not-an-ip"\n',
     ],
+    [
+      ["list", "-t", "5"],
+      'sipcheck: --threshold (-t) is only for a scan and "watch", not for "list"\n',
+    ],
+    [
+      ["clear", "-i", "203.0.113.1"],
+      'sipcheck: --ignore (-i) is only for a scan and "watch", not for "clear"\n',
+    ],
+    [
+      ["clear", "--json"],
+      'sipcheck: --json is only for a scan, "watch" and "list", not for "clear"\n',
+    ],
   ];
   for (const [args, stderr] of usage) {
     test(`usage error: ${args.join(" ")} → 64`, () => {

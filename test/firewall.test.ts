@@ -473,6 +473,19 @@ describe("real iptables in a private network namespace", { skip: skip ?? false }
     assert.deepEqual(JSON.parse(json), inChain);
   });
 
+  test("clear --dry-run and clear -n change nothing and say what clear would remove", () => {
+    const [before4, before6, dry, after4, after6] = sections(
+      `sipcheck -q ${offenders} >/dev/null; ${BOTH}; echo ==; ` +
+        `sipcheck clear --dry-run; echo "exit $?"; sipcheck -n clear; echo "exit $?"; echo ==; ${BOTH}`,
+    );
+    const line = "sipcheck: would remove the sipcheck chain and its jump rules from iptables " +
+      "(2 bans) and ip6tables (1 ban)\nexit 0\n";
+    assert.equal(dry, line + line);
+    assert.match(before4, new RegExp(`-A ${CHAIN} -s 203.0.113.6/32 -j DROP`));
+    assert.equal(after4, before4);
+    assert.equal(after6, before6);
+  });
+
   test("a jump from someone else's rule makes clear change nothing in either family (69)", () => {
     const [before4, before6, run, after4, after6] = sections(
       `sipcheck -q ${offenders} >/dev/null; ip6tables -A FORWARD -j ${CHAIN}; ${BOTH}; echo ==; ` +

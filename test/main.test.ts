@@ -84,7 +84,10 @@ describe("parseOptions", () => {
   });
   test("commands, logs and every option", () => {
     assert.equal(parseOptions(["clear"]).command, "clear");
+    assert.equal(parseOptions(["clear", "-n"]).dryRun, true);
+    assert.equal(parseOptions(["--dry-run", "-q", "clear"]).dryRun, true);
     assert.equal(parseOptions(["--json", "list"]).command, "list");
+    assert.equal(parseOptions(["list", "-q"]).quiet, true);
     const options = parseOptions([
       "-n",
       "-t",
@@ -118,6 +121,20 @@ describe("parseOptions", () => {
     [["watch", "--window", "soon"], /not "soon"/],
     [["--window", "10m"], /--window is only for "watch"/],
     [["list", "--window", "10m"], /--window is only for "watch"/],
+    [["list", "-t", "5"], /^--threshold \(-t\) is only for a scan and "watch", not for "list"$/],
+    [["list", "-t", "abc"], /^--threshold \(-t\) is only for a scan and "watch", not for "list"$/],
+    [
+      ["clear", "--threshold=5"],
+      /^--threshold \(-t\) is only for a scan and "watch", not for "clear"$/,
+    ],
+    [
+      ["list", "-i", "203.0.113.1"],
+      /^--ignore \(-i\) is only for a scan and "watch", not for "list"$/,
+    ],
+    [["clear", "-i", "::1"], /^--ignore \(-i\) is only for a scan and "watch", not for "clear"$/],
+    [["clear", "--json"], /^--json is only for a scan, "watch" and "list", not for "clear"$/],
+    [["list", "-n"], /^--dry-run \(-n\) is only for a scan, "watch" and "clear", not for "list"$/],
+    [["--window", "1m", "-n"], /^--window is only for "watch", not for a scan$/],
   ];
   for (const [argv, message] of bad) {
     test(`rejects ${argv.join(" ")}`, () => {
@@ -543,6 +560,37 @@ describe("main", () => {
     assert.equal(await main(["clear"], again.deps), 0);
     assert.equal(again.stdout(), "sipcheck: nothing to clear\n");
     for (const x of [h, list, json, clear, again]) x.done();
+  });
+  test("clear --dry-run and -n change nothing, take no lock, and say what clear would remove", async () => {
+    const h = harness();
+    await main([writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 })], h.deps);
+    const before = structuredClone(h.firewall.chains);
+    const restores = h.firewall.restores().length;
+    writeFileSync(h.deps.lockPath!, `${process.ppid} watch\n`);
+    const alive = async (binary: string, args: readonly string[], input?: string) =>
+      binary.endsWith("/kill")
+        ? { code: 0, stdout: "", stderr: "" }
+        : await h.firewall.run(binary, args, input);
+    for (const flag of ["--dry-run", "-n"]) {
+      const dry = harness({ run: alive, lockPath: h.deps.lockPath });
+      assert.equal(await main(["clear", flag], dry.deps), 0, dry.stderr());
+      assert.equal(
+        dry.stdout(),
+        "sipcheck: would remove the sipcheck chain and its jump rules from iptables (1 ban) " +
+          "and ip6tables (1 ban)\n",
+      );
+      assert.equal(dry.stderr(), "");
+      dry.done();
+    }
+    assert.deepEqual(h.firewall.chains, before);
+    assert.equal(h.firewall.restores().length, restores, "no batch was sent");
+    assert.equal(readFileSync(h.deps.lockPath!, "utf8"), `${process.ppid} watch\n`, "left alone");
+    const user = harness({ uid: () => 1000 });
+    assert.equal(await main(["clear", "-n"], user.deps), EXIT.noPermission, "it reads iptables");
+    const nothing = harness();
+    assert.equal(await main(["clear", "-n"], nothing.deps), 0);
+    assert.equal(nothing.stdout(), "sipcheck: nothing to clear\n");
+    for (const x of [h, user, nothing]) x.done();
   });
   test("clear whose IPv6 batch fails puts IPv4 back, and says so: 69", async () => {
     const h = harness();
