@@ -6484,7 +6484,11 @@ export function parseOptions(argv: readonly string[]): Options {
   try {
     parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true });
   } catch (error) {
-    throw new SipcheckError(EXIT.usage, (error as Error).message.split("\n")[0]);
+    // Node's message is three lines; for a value that starts with "-" (`-t -1`) the third says
+    // how to give one, which the first alone does not.
+    const lines = (error as Error).message.split("\n");
+    const hint = lines.length > 2 && lines[0].endsWith("argument is ambiguous.") ? lines[2] : "";
+    throw new SipcheckError(EXIT.usage, hint ? `${lines[0]} ${hint}` : lines[0]);
   }
   const { values, positionals } = parsed;
   let command: Command = "scan";
@@ -6496,6 +6500,9 @@ export function parseOptions(argv: readonly string[]): Options {
         `"${command}" takes no log names (got "${positionals[0]}")`,
       );
     }
+  }
+  if (positionals.includes("")) {
+    throw new SipcheckError(EXIT.usage, 'a log name is empty (""): name a file, or "-"');
   }
   for (const [option, commands] of Object.entries(OPTION_COMMANDS)) {
     if (values[option as keyof typeof values] === undefined || commands.includes(command)) continue;

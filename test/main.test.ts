@@ -107,7 +107,12 @@ describe("parseOptions", () => {
   });
   const bad: [string[], RegExp][] = [
     [["-t", "0"], /positive whole number, not "0"/],
-    [["-t", "-1"], /argument is ambiguous/],
+    [
+      ["-t", "-1"],
+      /^Option '-t' argument is ambiguous\. To specify an option argument starting with a dash use '--threshold=-XYZ' or '-t-XYZ'\.$/,
+    ],
+    [["", "messages"], /^a log name is empty \(""\): name a file, or "-"$/],
+    [["watch", ""], /^a log name is empty/],
     [["--threshold=-1"], /positive whole number, not "-1"/],
     [["-t", "abc"], /not "abc"/],
     [["-t", "1.5"], /not "1.5"/],
