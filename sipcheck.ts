@@ -6598,10 +6598,18 @@ function writeStdout(text: string | Uint8Array): Promise<void> {
   });
 }
 
+/** The streams {@link withoutErrorEvents} has quieted. */
+const quieted = new WeakSet<NodeJS.WritableStream>();
+
 /** A failed write is also an 'error' event on its stream, which would end the process with a
- * stack trace: the writers see the error themselves (callback or throw), so the event is ignored. */
+ * stack trace: the writers see the error themselves (callback or throw), so the event is ignored.
+ * The listener is added whatever listeners are there already: Node pipes each worker thread's
+ * stdout and stderr into this process's, and the listener that piping adds removes itself on the
+ * first error and raises it again when no other listener is left. */
 function withoutErrorEvents(stream: NodeJS.WritableStream): void {
-  if (stream.listenerCount("error") === 0) stream.on("error", () => {});
+  if (quieted.has(stream)) return;
+  quieted.add(stream);
+  stream.on("error", () => {});
 }
 
 /** Writes to stderr. A stderr that cannot be written (its reader gone) is not an error: there is

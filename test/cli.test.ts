@@ -19,6 +19,7 @@ import {
   writeSync,
 } from "node:fs";
 import { dirname, join } from "node:path";
+import process from "node:process";
 import { after, describe, test } from "node:test";
 import {
   cliCommand,
@@ -91,6 +92,28 @@ describe(`sipcheck.ts under ${RUNTIME}`, () => {
       assert.equal(code, 0, `${args}: ${stderr}`);
       assert.equal(stderr, "", `${args}`);
     }
+  });
+  test("a reader that stops reading while a worker thread runs: no 'error' event, the run's code", async () => {
+    // Node pipes a worker thread's stdout into this process's, with an error listener of its own
+    // that removes itself and raises the error again (as when a log of PARALLEL_MIN or more is
+    // read by worker threads): a thread that runs while the report is written stands for them.
+    const many = Array.from({ length: 3000 }, (_, i) => REGISTER(`10.2.${i >> 8}.${i & 255}`));
+    const log = file("many-threaded.log", many.join(""));
+    const script = file(
+      "with-worker.ts",
+      'import { Worker } from "node:worker_threads";\n' +
+        `import { main } from ${JSON.stringify(SIPCHECK)};\n` +
+        'const worker = new Worker("setInterval(() => {}, 1000)", { eval: true });\n' +
+        `const code = await main(["-n", "--json", "-t", "1", ${JSON.stringify(log)}]);\n` +
+        "await worker.terminate();\n" +
+        "process.exitCode = code;\n",
+    );
+    const argv = RUNTIME === "deno"
+      ? [Deno.execPath(), "run", "--no-prompt", "--allow-read", "--allow-sys", script]
+      : [process.execPath, script];
+    const { code, stderr } = await runClosing(argv, "stdout");
+    assert.equal(stderr, "");
+    assert.equal(code, 0);
   });
   test("a reader of standard error that goes away changes nothing: the run's code", async () => {
     const log = file("one.log", REGISTER("203.0.113.9"));
