@@ -3079,6 +3079,10 @@ interface PartResult {
 /** What a worker thread is given; `states`, `locks` and `bounds` are shared by all the threads. */
 interface ReaderData {
   path: string;
+  /** The device and inode of the file this thread opened (as text: they may not fit a number):
+   * a worker reads the path only if it is still that file. */
+  dev: string;
+  ino: string;
   slot: number;
   states: Int32Array;
   locks: Int32Array;
@@ -3110,8 +3114,11 @@ function startReader(data: ReaderData): Reader {
   const failed = new Promise<never>((_, reject) => onFailure = reject);
   const ready = Promise.race([new Promise<void>((resolve) => onReady = resolve), failed]);
   const result = Promise.race([new Promise<PartResult>((resolve) => onResult = resolve), failed]);
-  let messages = 0;
-  worker.on("message", (message) => messages++ === 0 ? onReady() : onResult(message));
+  worker.on("message", (message) => {
+    if (message === "ready") onReady();
+    else if (typeof message?.failed === "string") onFailure(new Error(message.failed));
+    else onResult(message);
+  });
   worker.once("error", onFailure);
   worker.once("exit", (code) => onFailure(new Error(`a reading thread stopped (${code})`)));
   // Awaited only where needed: a thread that was not given a part is simply ended.
@@ -3119,9 +3126,30 @@ function startReader(data: ReaderData): Reader {
   return { worker, ready, result };
 }
 
-/** A worker thread of {@link scanFile}: says it is ready, waits for a part, reads it and sends
- * its tally back. */
-function readerThread({ path, slot, states, locks, bounds }: ReaderData): void {
+/**
+ * A worker thread of {@link scanFile}: opens the log, and if it is the very file the main thread
+ * reads (same device and inode: not one put in its place since), says it is ready, waits for a
+ * part, reads it and sends its tally back. A thread that cannot open it, or finds another file
+ * there, never says it is ready: the main thread reads on without it. No error leaves the thread
+ * (Deno would print it with a stack trace): a failure while reading a part is sent back as
+ * `{ failed }`, and the main thread reads that part itself.
+ */
+function readerThread(data: ReaderData): void {
+  let fd: number | undefined;
+  try {
+    fd = openSync(data.path, "r");
+    const stat = fstatSync(fd, { bigint: true });
+    if (String(stat.dev) !== data.dev || String(stat.ino) !== data.ino) return;
+    readPart(fd, data);
+  } catch (error) {
+    parentPort?.postMessage({ failed: describeFileError(error) });
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/** The rest of {@link readerThread}, with the log open as `fd`. */
+function readPart(fd: number, { slot, states, locks, bounds }: ReaderData): void {
   if (Atomics.compareExchange(states, slot, STARTING, READY) !== STARTING) return;
   parentPort?.postMessage("ready");
   Atomics.wait(states, slot, READY);
@@ -3138,12 +3166,7 @@ function readerThread({ path, slot, states, locks, bounds }: ReaderData): void {
   };
   const tally = newTally();
   const firstTries = new AddressCounts();
-  const fd = openSync(path, "r");
-  try {
-    scanPart(fd, countFrom, claim, tally, firstTries);
-  } finally {
-    closeSync(fd);
-  }
+  scanPart(fd, countFrom, claim, tally, firstTries);
   const counts = tally.counts.handOver();
   const lastTries = tally.lastTries.handOver();
   const first = firstTries.handOver();
@@ -3183,8 +3206,10 @@ export interface ScanFileOptions {
   share?: number;
   /** Called with each piece this thread takes back from a worker, `[start, end)`. */
   onTakeBack?: (start: number, end: number) => void;
-  /** Wait until the worker threads have started before reading anything. */
+  /** Wait until the worker threads have started (or failed to) before reading anything. */
   waitForReaders?: boolean;
+  /** Called once the file is open, before any worker thread starts (tests move it there). */
+  onOpened?: () => void;
 }
 
 /**
@@ -3206,13 +3231,17 @@ export async function scanFile(
     share = 0.5,
     waitForReaders = false,
     onTakeBack,
+    onOpened,
   }: ScanFileOptions = {},
 ): Promise<void> {
   const fd = openSync(path, "r");
   const readers: Reader[] = [];
   let parts: PartResult[];
   try {
-    const size = fstatSync(fd).size;
+    const stat = fstatSync(fd, { bigint: true });
+    const size = Number(stat.size);
+    const [dev, ino] = [String(stat.dev), String(stat.ino)];
+    onOpened?.();
     const count = size < parallelMin || !mayStartReaders()
       ? 0
       : Math.min(PARALLEL_MAX, availableParallelism()) - 1;
@@ -3220,9 +3249,9 @@ export async function scanFile(
     const locks = new Int32Array(new SharedArrayBuffer(4 * count));
     const bounds = new Float64Array(new SharedArrayBuffer(8 * BOUNDS * count));
     for (let slot = 0; slot < count; slot++) {
-      readers.push(startReader({ path, slot, states, locks, bounds }));
+      readers.push(startReader({ path, dev, ino, slot, states, locks, bounds }));
     }
-    if (waitForReaders) await Promise.all(readers.map(({ ready }) => ready));
+    if (waitForReaders) await Promise.allSettled(readers.map(({ ready }) => ready));
     let to = size; // where this thread's part ends: readers take over what comes after
     const given = Math.min(Math.max(share, 0), 1); // a share, whatever a caller passed
     /** Gives each reader that is ready its share of what is left from `position`. */
@@ -3247,7 +3276,7 @@ export async function scanFile(
       Atomics.compareExchange(states, slot, READY, UNNEEDED);
       Atomics.notify(states, slot);
     }
-    const assigned = readers.filter((_, slot) => Atomics.load(states, slot) === ASSIGNED);
+    const assigned = [...readers.keys()].filter((slot) => Atomics.load(states, slot) === ASSIGNED);
     // Then this thread takes back the second half of what a worker has left, while there is
     // enough of it: a worker that started late or reads slowly does not keep the others waiting.
     const taken: PartResult[] = [];
@@ -3260,7 +3289,18 @@ export async function scanFile(
         taken.push(result);
       }
     }
-    parts = [...await Promise.all(assigned.map(({ result }) => result)), ...taken];
+    // A worker that failed or stopped leaves its part, as far as it still reaches, to this thread.
+    const results = await Promise.all(assigned.map(async (slot) => {
+      try {
+        return await readers[slot].result;
+      } catch {
+        const [countFrom, end] = bounds.subarray(BOUNDS * slot, BOUNDS * slot + 2);
+        const result = { countFrom, tally: newTally(), firstTries: new AddressCounts() };
+        scanPart(fd, countFrom, () => end, result.tally, result.firstTries);
+        return result;
+      }
+    }));
+    parts = [...results, ...taken];
   } finally {
     closeSync(fd);
     // Done or failed, the workers end here: their memory goes before the join needs more.

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -407,6 +407,37 @@ describe("scanFile: one file read by worker threads at once", () => {
       assert.deepEqual(plain(threaded), plain(whole));
     },
   );
+  const moves = [
+    {
+      name: "renamed, and another file put in its place",
+      move: (log: string) => {
+        renameSync(log, `${log}.1`);
+        writeFileSync(log, REGISTER("192.0.2.99").repeat(1000));
+      },
+    },
+    { name: "deleted", move: (log: string) => unlinkSync(log) },
+  ];
+  for (const { name, move } of moves) {
+    for (const waitForReaders of [true, false]) {
+      test(
+        `a log ${name} once open is read to its end by the threads that have it open ` +
+          `(waitForReaders: ${waitForReaders})`,
+        { skip },
+        async () => {
+          const log = join(dir, `moved-${moves.findIndex((m) => m.name === name)}.log`);
+          writeFileSync(log, Buffer.from(text, "latin1"));
+          const threaded = newTally();
+          await scanFile(log, threaded, {
+            parallelMin: 0,
+            splitMin: 0,
+            waitForReaders,
+            onOpened: () => move(log),
+          });
+          assert.deepEqual(plain(threaded), plain(whole));
+        },
+      );
+    }
+  }
   for (const { name, waitForReaders } of cases) {
     test(
       `gives the tally of one reading, across open heads, tries runs and a generated log (${name})`,
