@@ -3206,6 +3206,9 @@ export interface ScanFileOptions {
   share?: number;
   /** Called with each piece this thread takes back from a worker, `[start, end)`. */
   onTakeBack?: (start: number, end: number) => void;
+  /** Called with each stretch of the file read to find a line start where to cut it,
+   * `[start, end)`. */
+  onLineSearch?: (start: number, end: number) => void;
   /** Wait until the worker threads have started (or failed to) before reading anything. */
   waitForReaders?: boolean;
   /** Called once the file is open, before any worker thread starts (tests move it there). */
@@ -3232,6 +3235,7 @@ export async function scanFile(
     waitForReaders = false,
     onTakeBack,
     onOpened,
+    onLineSearch,
   }: ScanFileOptions = {},
 ): Promise<void> {
   const fd = openSync(path, "r");
@@ -3254,13 +3258,26 @@ export async function scanFile(
     if (waitForReaders) await Promise.allSettled(readers.map(({ ready }) => ready));
     let to = size; // where this thread's part ends: readers take over what comes after
     const given = Math.min(Math.max(share, 0), 1); // a share, whatever a caller passed
+    // The last search for a cut that found no line start before `to` (a long stretch without a
+    // line feed, as a crash's NUL tail): none can be found from any later point either, so that
+    // stretch is not read again on each of this thread's reads (which made the time quadratic).
+    let bareFrom = Infinity;
+    let bareTo = -1;
+    /** The line start after `from` where a reader's part may begin, or `to` if there is none. */
+    const cutAfter = (from: number) => {
+      if (to === bareTo && from >= bareFrom) return to;
+      const cut = nextLineStart(fd, from, to);
+      onLineSearch?.(from, cut);
+      if (cut === to) [bareFrom, bareTo] = [from, to];
+      return cut;
+    };
     /** Gives each reader that is ready its share of what is left from `position`. */
     const handOut = (position: number) => {
       for (let slot = 0; slot < count; slot++) {
         if (Atomics.load(states, slot) !== READY) continue;
         const split = to - position < 2 * splitMin
           ? to
-          : nextLineStart(fd, position + Math.floor((to - position) * (1 - given)), to);
+          : cutAfter(position + Math.floor((to - position) * (1 - given)));
         if (split === to) continue; // too little left: another thread could not help
         bounds.set([split, to, split], BOUNDS * slot);
         to = split;
@@ -3281,7 +3298,7 @@ export async function scanFile(
     // enough of it: a worker that started late or reads slowly does not keep the others waiting.
     const taken: PartResult[] = [];
     for (let slot = 0; slot < count; slot++) {
-      for (let part; (part = takeBack(fd, locks, bounds, slot, stealMin)) !== null;) {
+      for (let part; (part = takeBack(fd, locks, bounds, slot, stealMin, onLineSearch)) !== null;) {
         const [countFrom, end] = part;
         onTakeBack?.(countFrom, end);
         const result = { countFrom, tally: newTally(), firstTries: new AddressCounts() };
@@ -3323,6 +3340,7 @@ function takeBack(
   bounds: Float64Array,
   slot: number,
   least: number,
+  onLineSearch?: (start: number, end: number) => void,
 ): [number, number] | null {
   lock(locks, slot);
   try {
@@ -3330,7 +3348,9 @@ function takeBack(
     // Never before the part's start, whatever the size of a read and of the look-back before it.
     const reached = Math.max(bounds[BOUNDS * slot], bounds[BOUNDS * slot + 2]);
     if (to - reached < Math.max(2 * least, 1)) return null;
-    const cut = nextLineStart(fd, reached + Math.floor((to - reached) / 2), to);
+    const from = reached + Math.floor((to - reached) / 2);
+    const cut = nextLineStart(fd, from, to);
+    onLineSearch?.(from, cut);
     if (cut >= to) return null;
     bounds[BOUNDS * slot + 1] = cut;
     return [cut, to];

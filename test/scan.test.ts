@@ -438,6 +438,33 @@ describe("scanFile: one file read by worker threads at once", () => {
       );
     }
   }
+  test(
+    "a long stretch without a line feed (a NUL tail) is searched for a cut once, not on every read",
+    { skip },
+    async () => {
+      // Worker threads wait from the start; this thread reads 256 KiB at a time and, before each
+      // read, looks for a line start where a waiting thread's part could begin. Searching the
+      // tail again each time read it 8 times over (time quadratic in its length).
+      const head = readFileSync(fixture("messages.log"));
+      const bytes = Buffer.concat([head, Buffer.alloc(8 << 20)]);
+      const log = join(dir, "nul-tail.log");
+      writeFileSync(log, bytes);
+      const threaded = newTally();
+      let searched = 0;
+      await scanFile(log, threaded, {
+        parallelMin: 0,
+        splitMin: 0,
+        waitForReaders: true,
+        onLineSearch: (start, end) => searched += end - start,
+      });
+      assert.ok(searched > 0, "a cut was searched for");
+      assert.ok(
+        searched <= bytes.length,
+        `${searched} bytes searched in a file of ${bytes.length}`,
+      );
+      assert.deepEqual(plain(threaded), plain(scanString(bytes.toString("latin1"))));
+    },
+  );
   for (const { name, waitForReaders } of cases) {
     test(
       `gives the tally of one reading, across open heads, tries runs and a generated log (${name})`,
