@@ -2966,6 +2966,7 @@ function describeFileError(error: unknown): string {
   if (code === "ENOENT" || name === "NotFound") return "no such file";
   if (code === "EACCES" || code === "EPERM") return "permission denied";
   if (code === "EISDIR" || name === "IsADirectory") return "is a directory";
+  if (code === "ENXIO") return "a socket cannot be opened by its name (read standard input as -)";
   if (name === "NotCapable" || name === "PermissionDenied") {
     return "not allowed by Deno's permissions (add it to --allow-read)";
   }
@@ -3216,8 +3217,9 @@ export interface ScanFileOptions {
 }
 
 /**
- * Scans a file into `tally`; throws on open or read errors. A large file is read on every core
- * at once: this thread reads from the start, and each worker thread, once it has started, takes
+ * Scans a file into `tally`; throws on open or read errors. A file that is not a regular file (a
+ * pipe, as from `<(zcat log.gz)`, a FIFO, a device) is read as a stream to its end, as standard
+ * input is (see {@link scanStream}). A large regular file is read on every core at once: this thread reads from the start, and each worker thread, once it has started, takes
  * over the second half of what this thread has left to read, cut at a line feed (so a thread that
  * needs long to start costs nothing but its share). When this thread is done, it takes back the
  * second half of what a worker has left, again and again while there is enough, so that a slower
@@ -3243,6 +3245,12 @@ export async function scanFile(
   let parts: PartResult[];
   try {
     const stat = fstatSync(fd, { bigint: true });
+    if (!stat.isFile()) {
+      // Its size says nothing of what is to come (0 for a pipe), and it cannot be read at an
+      // offset: it is read once, in order, to its end.
+      await scanStream(fileChunks(fd), createScanner(tally));
+      return;
+    }
     const size = Number(stat.size);
     const [dev, ino] = [String(stat.dev), String(stat.ino)];
     onOpened?.();
@@ -3359,7 +3367,18 @@ function takeBack(
   }
 }
 
-/** Scans a stream (standard input) through the scanner. */
+/** Reads an open file from where it stands to its end, in order (a pipe cannot be read at an
+ * offset); each read waits for data, as `cat` does. */
+async function* fileChunks(fd: number): AsyncGenerator<Uint8Array> {
+  for (;;) {
+    const chunk = Buffer.allocUnsafe(READ_SIZE);
+    const n = readSync(fd, chunk, 0, chunk.length, null);
+    if (n === 0) return;
+    yield chunk.subarray(0, n);
+  }
+}
+
+/** Scans a stream (standard input, a pipe) through the scanner, to its end. */
 async function scanStream(stream: AsyncIterable<Uint8Array>, scanner: Scanner): Promise<void> {
   for await (const chunk of stream) scanner.write(chunk);
   scanner.end();
@@ -6096,6 +6115,27 @@ function closeStream(stream: AsyncIterable<Uint8Array>): void {
   } catch { /* already closed */ }
 }
 
+/** Why a watched log that is not a regular file is not followed. */
+const NOT_FOLLOWABLE =
+  'not a regular file (a pipe, FIFO, device or socket); pipe it into "sipcheck watch -" instead';
+
+/**
+ * Throws SipcheckError(66) for a log that exists and that watch cannot follow: one that is not a
+ * regular file (it cannot be read again from where it was, nor polled for growth; a scan reads it
+ * once to its end). A log that is missing or cannot be read yet is left to the watcher, which
+ * waits for it.
+ */
+function refuseUnfollowable(path: string): void {
+  let stat;
+  try {
+    stat = statSync(path);
+  } catch {
+    return;
+  }
+  if (stat.isFile() || stat.isDirectory()) return;
+  throw new SipcheckError(EXIT.noInput, `cannot watch "${path}": ${NOT_FOLLOWABLE}`);
+}
+
 /**
  * Starts watching `options.logs` (or the default log) and standard input for `-`: see the
  * section comment. Bans go through `deps.run`; events, one line each, to `deps.stdout`; errors to
@@ -6105,6 +6145,7 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
   const tally = newTally();
   const window = options.window ? slidingWindow(tally, options.window) : null;
   const paths = options.logs.length ? options.logs.map((arg) => resolveLog(arg)) : [defaultLog()];
+  for (const path of paths) if (path !== "-") refuseUnfollowable(path);
   const logs: Followed[] = [...new Set(paths.filter((path) => path !== "-"))].map((path) => ({
     path,
     current: null,
@@ -6234,6 +6275,11 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
       return;
     }
     if (log.current && stat.ino === log.current.ino && stat.dev === log.current.dev) return;
+    if (!stat.isFile() && !stat.isDirectory()) {
+      // Put in the log's place since: opening a FIFO would wait for a writer.
+      reportOnce(log, new Error(NOT_FOLLOWABLE));
+      return;
+    }
     const replaced = log.current !== null;
     if (replaced) retire(log);
     const inc = open(log);

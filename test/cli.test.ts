@@ -232,6 +232,58 @@ describe(`sipcheck.ts under ${RUNTIME}`, () => {
     assert.deepEqual(json.addresses, [{ ip: "203.0.113.7", failures: 310, action: "would-ban" }]);
   });
 
+  describe("a log that is not a regular file is read to its end, as standard input is", () => {
+    // Larger than a pipe's buffer, so that it takes many reads; fstat says 0 bytes for a pipe.
+    const lines = Array.from({ length: 3000 }, (_, i) => REGISTER(`10.3.${i >> 8}.${i & 255}`));
+    const text = readFileSync(fixture("messages.log"), "latin1") + lines.join("");
+    const log = file("piped.log", Buffer.from(text, "latin1"));
+    const expected = report(["-n", "-"], Buffer.from(text, "latin1"));
+    test("the log holds what is tested", () => {
+      assert.ok(expected.lines > 3000 && expected.failures > 3000, JSON.stringify(expected));
+    });
+    test("a FIFO", async () => {
+      const fifo = join(dir.path, "fifo");
+      assert.equal(run(["mkfifo", fifo]).code, 0);
+      const writer = spawn("sh", ["-c", 'cat "$1" > "$2"', "sh", log, fifo], { stdio: "ignore" });
+      const closed = new Promise((resolve) => writer.on("close", resolve));
+      const ran = sipcheck(["-n", "--json", fifo]);
+      assert.equal(await closed, 0);
+      assert.equal(ran.stderr, "");
+      assert.equal(ran.code, 0);
+      assert.deepEqual(JSON.parse(ran.stdout), expected);
+    });
+    test("/dev/stdin when standard input is a pipe", () => {
+      // Deno lets a program open /dev/stdin only with every permission (`-` needs none).
+      // sh makes the pipe: Node's spawnSync gives a child a socket, which cannot be opened.
+      const args = ["-n", "--json", "/dev/stdin"];
+      const argv = RUNTIME === "deno" ? cliCommand(args, ["--allow-all"]) : cliCommand(args);
+      const ran = run(["sh", "-c", 'log=$1; shift; cat "$log" | "$@"', "sh", log, ...argv]);
+      assert.equal(ran.stderr, "");
+      assert.equal(ran.code, 0);
+      assert.deepEqual(JSON.parse(ran.stdout), expected);
+    });
+    test("bash's process substitution, <(cat log)", () => {
+      const script = 'log=$1; shift; "$@" <(cat "$log")';
+      const ran = run(["bash", "-c", script, "bash", log, ...cliCommand(["-n", "--json"])]);
+      assert.equal(ran.stderr, "");
+      assert.equal(ran.code, 0);
+      assert.deepEqual(JSON.parse(ran.stdout), expected);
+    });
+    test("watch refuses it, in one line: 66", () => {
+      const fifo = join(dir.path, "watched-fifo");
+      assert.equal(run(["mkfifo", fifo]).code, 0);
+      for (const path of [fifo, "/dev/null"]) {
+        const ran = sipcheck(["watch", "-n", path]);
+        assert.equal(ran.code, 66);
+        assert.equal(
+          ran.stderr,
+          `sipcheck: cannot watch "${path}": not a regular file (a pipe, FIFO, device or socket); ` +
+            'pipe it into "sipcheck watch -" instead\n',
+        );
+      }
+    });
+  });
+
   test("a missing file or a directory: 66, one line each, the other logs still count", () => {
     const log = file("good.log", REGISTER("203.0.113.8").repeat(200));
     const missing = join(dir.path, "missing.log");
