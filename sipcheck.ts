@@ -58,6 +58,8 @@ import { availableParallelism, networkInterfaces } from "node:os";
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
+import { pipeline } from "node:stream/promises";
+import { createGunzip } from "node:zlib";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 
 // ---------------------------------------------------------------------------------------------
@@ -3245,9 +3247,9 @@ export async function scanFile(
   let parts: PartResult[];
   try {
     const stat = fstatSync(fd, { bigint: true });
-    if (!stat.isFile()) {
+    if (!stat.isFile() || isGzipFile(fd)) {
       // Its size says nothing of what is to come (0 for a pipe), and it cannot be read at an
-      // offset: it is read once, in order, to its end.
+      // offset: it is read once, in order, to its end (so is a compressed log, decompressed).
       await scanStream(fileChunks(fd), createScanner(tally));
       return;
     }
@@ -3378,9 +3380,45 @@ async function* fileChunks(fd: number): AsyncGenerator<Uint8Array> {
   }
 }
 
-/** Scans a stream (standard input, a pipe) through the scanner, to its end. */
+/** The first two bytes of gzip data. */
+const GZIP_MAGIC = [0x1f, 0x8b];
+
+/** True if the regular file open as `fd` starts as gzip data does (its offset does not move). */
+function isGzipFile(fd: number): boolean {
+  const head = Buffer.alloc(2);
+  return readSync(fd, head, 0, 2, 0) === 2 && head[0] === GZIP_MAGIC[0] &&
+    head[1] === GZIP_MAGIC[1];
+}
+
+/**
+ * Scans a stream (standard input, a pipe, a compressed file) through the scanner, to its end.
+ * gzip data (a rotated log, `messages.1.gz`) is decompressed as it is read; data that is not whole
+ * gzip throws, after what came before the fault is counted.
+ */
 async function scanStream(stream: AsyncIterable<Uint8Array>, scanner: Scanner): Promise<void> {
-  for await (const chunk of stream) scanner.write(chunk);
+  const chunks = stream[Symbol.asyncIterator]();
+  let head: Uint8Array = new Uint8Array(0);
+  let done = false;
+  while (head.length < GZIP_MAGIC.length && !done) {
+    const next = await chunks.next();
+    if (next.done) done = true;
+    else head = head.length ? Buffer.concat([head, next.value]) : next.value;
+  }
+  async function* all(): AsyncGenerator<Uint8Array> {
+    if (head.length) yield head;
+    for (let next; !done && !(next = await chunks.next()).done;) yield next.value;
+  }
+  if (head[0] === GZIP_MAGIC[0] && head[1] === GZIP_MAGIC[1]) {
+    try {
+      await pipeline(all(), createGunzip(), async (inflated: AsyncIterable<Uint8Array>) => {
+        for await (const chunk of inflated) scanner.write(chunk);
+      });
+    } catch (error) {
+      const message = String((error as Error)?.message ?? error).split("\n")[0];
+      const zlib = String((error as { code?: string }).code ?? "").startsWith("Z_");
+      throw zlib ? new Error(`not whole gzip data (${message})`) : error;
+    }
+  } else for await (const chunk of all()) scanner.write(chunk);
   scanner.end();
 }
 
@@ -6122,18 +6160,34 @@ const NOT_FOLLOWABLE =
 /**
  * Throws SipcheckError(66) for a log that exists and that watch cannot follow: one that is not a
  * regular file (it cannot be read again from where it was, nor polled for growth; a scan reads it
- * once to its end). A log that is missing or cannot be read yet is left to the watcher, which
- * waits for it.
+ * once to its end), or a gzip-compressed one (nothing is appended to it; a scan reads it). A log
+ * that is missing or cannot be read yet is left to the watcher, which waits for it.
  */
 function refuseUnfollowable(path: string): void {
-  let stat;
+  let gzip = false;
   try {
-    stat = statSync(path);
-  } catch {
+    const stat = statSync(path);
+    if (stat.isDirectory()) return;
+    if (!stat.isFile()) {
+      throw new SipcheckError(EXIT.noInput, `cannot watch "${path}": ${NOT_FOLLOWABLE}`);
+    }
+    const fd = openSync(path, "r");
+    try {
+      gzip = isGzipFile(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (error) {
+    if (error instanceof SipcheckError) throw error;
     return;
   }
-  if (stat.isFile() || stat.isDirectory()) return;
-  throw new SipcheckError(EXIT.noInput, `cannot watch "${path}": ${NOT_FOLLOWABLE}`);
+  if (gzip) {
+    throw new SipcheckError(
+      EXIT.noInput,
+      `cannot watch "${path}": it is gzip-compressed, and nothing is appended to it; ` +
+        `scan it instead ("sipcheck ${path}")`,
+    );
+  }
 }
 
 /**

@@ -21,6 +21,7 @@ import {
 import { dirname, join } from "node:path";
 import process from "node:process";
 import { after, describe, test } from "node:test";
+import { gzipSync } from "node:zlib";
 import {
   cliCommand,
   fixture,
@@ -281,6 +282,60 @@ describe(`sipcheck.ts under ${RUNTIME}`, () => {
             'pipe it into "sipcheck watch -" instead\n',
         );
       }
+    });
+  });
+
+  describe("a gzip-compressed log (messages.1.gz) is read decompressed", () => {
+    const lines = Array.from({ length: 3000 }, (_, i) => REGISTER(`10.4.${i >> 8}.${i & 255}`));
+    const text = Buffer.from(
+      readFileSync(fixture("messages.log"), "latin1") + lines.join(""),
+      "latin1",
+    );
+    const expected = report(["-n", "-"], text);
+    // Two members, as `cat a.gz b.gz` makes: gzip reads them as one.
+    const gzipped = Buffer.concat([
+      gzipSync(text.subarray(0, 100_000)),
+      gzipSync(text.subarray(100_000)),
+    ]);
+    const log = file("messages.1.gz", gzipped);
+    test("the log holds what is tested", () => {
+      assert.ok(expected.lines > 3000 && expected.failures > 3000, JSON.stringify(expected));
+    });
+    test("as a file, on standard input, and through a pipe: the counts of the plain log", () => {
+      assert.deepEqual(report(["-n", log]), expected);
+      assert.deepEqual(report(["-n", "-"], gzipped), expected);
+      const ran = run([
+        "bash",
+        "-c",
+        'log=$1; shift; "$@" <(cat "$log")',
+        "bash",
+        log,
+        ...cliCommand(["-n", "--json"]),
+      ]);
+      assert.equal(ran.stderr, "");
+      assert.deepEqual(JSON.parse(ran.stdout), expected);
+    });
+    test("cut short: 66, one line, the other logs still count", () => {
+      const cut = file("cut.log.gz", gzipped.subarray(0, gzipped.length >> 1));
+      const other = file("other.log", REGISTER("203.0.113.77"));
+      const ran = sipcheck(["-n", "--json", "-t", "1", cut, other]);
+      assert.equal(ran.code, 66);
+      assert.equal(
+        ran.stderr,
+        `sipcheck: cannot read "${cut}": not whole gzip data (unexpected end of file)\n`,
+      );
+      const json = JSON.parse(ran.stdout);
+      assert.equal(json.files, 1);
+      assert.ok(json.addresses.some((a: { ip: string }) => a.ip === "203.0.113.77"));
+    });
+    test("watch refuses it, in one line: 66", () => {
+      const ran = sipcheck(["watch", "-n", log]);
+      assert.equal(ran.code, 66);
+      assert.equal(
+        ran.stderr,
+        `sipcheck: cannot watch "${log}": it is gzip-compressed, and nothing is appended to it; ` +
+          `scan it instead ("sipcheck ${log}")\n`,
+      );
     });
   });
 
