@@ -57,10 +57,10 @@ import { isIP } from "node:net";
 import { availableParallelism, networkInterfaces } from "node:os";
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import process from "node:process";
-import { parseArgs } from "node:util";
 import { pipeline } from "node:stream/promises";
-import { createGunzip } from "node:zlib";
+import { parseArgs } from "node:util";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
+import { createGunzip } from "node:zlib";
 
 // ---------------------------------------------------------------------------------------------
 // Constants a person may want to edit
