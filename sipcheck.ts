@@ -6909,7 +6909,11 @@ async function scan(options: Options, deps: Deps): Promise<number> {
 async function list(options: Options, deps: Deps): Promise<number> {
   const bans: string[] = [];
   for (const version of [4, 6] as const) {
-    for (const ip of (await listChain(deps.run, version)).bans) bans.push(ip);
+    const state = await listChain(deps.run, version);
+    for (const ip of state.bans) bans.push(ip);
+    // The bans are listed all the same; what else is in the chain is said, as a ban run would.
+    const refusal = banRefusal(version, state);
+    if (refusal) deps.stderr(`sipcheck: warning: ${refusal}\n`);
   }
   if (options.json) await deps.stdout(JSON.stringify(bans) + "\n");
   else if (bans.length) await deps.stdout(bans.join("\n") + "\n");

@@ -653,7 +653,14 @@ describe("main", () => {
     );
     assert.deepEqual(h.firewall.chains, before);
     assert.equal(h.firewall.restores().length, 2, "only the two batches of the ban run");
-    for (const x of [h, clear]) x.done();
+    const list = harness({ run: h.firewall.run });
+    assert.equal(await main(["list"], list.deps), 0);
+    assert.equal(list.stdout(), "203.0.113.1\n2001:db8::1\n", "the bans, not the foreign rule");
+    assert.match(
+      list.stderr(),
+      /^sipcheck: warning: ip6tables: the sipcheck chain holds a rule sipcheck did not write \("-A sipcheck -s 2001:db8::\/32 -j DROP"\); sipcheck bans only in a chain of its own: .*\n$/,
+    );
+    for (const x of [h, clear, list]) x.done();
   });
   test("200,000 offenders at once are banned, reported and listed", async () => {
     // Nothing calls a function with an argument per address (the stack would overflow).
