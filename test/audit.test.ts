@@ -1,11 +1,13 @@
 // Tests for the audit section. Only node:test and node:assert/strict, so the same file runs
 // under `deno test --allow-read` and `node --test` (Node >= 22.18).
 
+import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   chmodSync,
   cpSync,
+  existsSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
@@ -55,7 +57,11 @@ import {
   UnreadableConfigError,
   weakSecretReasons,
 } from "../sipcheck.ts";
+import { cliCommand } from "./helpers.ts";
 import type { AclRule, AsteriskConfig, AuditFinding, ConfigSection } from "../sipcheck.ts";
+
+/** Runs a program with other user and group ids (util-linux). */
+const SETPRIV = "/usr/bin/setpriv";
 
 const FIXTURES = fileURLToPath(new URL("../fixtures/asterisk/", import.meta.url));
 
@@ -1328,16 +1334,35 @@ test("audit: an included file that cannot be read is UNKNOWN (3), naming it", as
   });
 });
 
-test("audit: a config file without read permission is UNKNOWN (3)", {
-  skip: process.getuid?.() === 0
-    ? "root reads a file of mode 000 (the same path is tested with EISDIR above)"
-    : false,
-}, async () => {
+test("audit: a config file without read permission is UNKNOWN (3)", async (t) => {
   await withFixtureCopy("hardened", async (dir) => {
     const sip = join(dir, "sip.conf");
     chmodSync(sip, 0);
-    const out = capture();
-    assert.equal(await audit(["--config-dir", dir], out.io), 3);
-    assert.equal(out.out.join(""), `SIPCHECK AUDIT UNKNOWN - cannot read ${sip} (EACCES)\n`);
+    if (process.getuid?.() !== 0) {
+      const out = capture();
+      assert.equal(await audit(["--config-dir", dir], out.io), 3);
+      assert.equal(out.out.join(""), `SIPCHECK AUDIT UNKNOWN - cannot read ${sip} (EACCES)\n`);
+      return;
+    }
+    // Root reads a file of mode 000: the CLI runs as nobody, as a monitoring user would.
+    if (!existsSync(SETPRIV)) return t.skip(`needs ${SETPRIV} to run the audit as nobody`);
+    chmodSync(dir, 0o755);
+    const home = mkdtempSync(join(tmpdir(), "sipcheck-nobody-"));
+    try {
+      chmodSync(home, 0o777); // Deno's cache, written as nobody
+      const nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+      // setpriv runs the runtime itself: a program it started (env) could no longer reach one
+      // under /root, where npx puts them, once the ids are nobody's.
+      const command = [...nobody, ...cliCommand(["audit", "--config-dir", dir])];
+      const result = spawnSync(SETPRIV, command, {
+        encoding: "utf8",
+        env: { ...process.env, HOME: home, DENO_DIR: home },
+      });
+      assert.equal(result.stdout, `SIPCHECK AUDIT UNKNOWN - cannot read ${sip} (EACCES)\n`);
+      assert.equal(result.stderr, "");
+      assert.equal(result.status, 3);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });
