@@ -3448,13 +3448,22 @@ async function isRunning(run: Runner, pid: number): Promise<boolean> {
  * is taken over. Throws a SipcheckError(75) when another run holds it.
  */
 export async function takeLock(path: string, run: Runner, mode: string): Promise<void> {
-  for (let attempt = 0; attempt < 2; attempt++) {
+  const text = `${process.pid} ${mode}\n`;
+  let tookOver = false;
+  for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fd = openSync(path, "wx", 0o644);
-      writeSync(fd, `${process.pid} ${mode}\n`);
-      closeSync(fd);
+      let ino: bigint;
+      try {
+        writeSync(fd, text);
+        ino = fstatSync(fd, { bigint: true }).ino;
+      } finally {
+        closeSync(fd);
+      }
+      if (tookOver) await checkTakeover(path, text, ino);
       return;
     } catch (error) {
+      if (error instanceof SipcheckError) throw error;
       if ((error as { code?: string }).code !== "EEXIST") {
         throw new SipcheckError(
           EXIT.unexpected,
@@ -3469,11 +3478,16 @@ export async function takeLock(path: string, run: Runner, mode: string): Promise
         `the lock path ${path} is not a file; remove what is there, sipcheck will not`,
       );
     }
-    let holder = "";
-    try {
-      holder = readFileSync(path, "utf8");
-    } catch { /* removed meanwhile: try again */ }
-    const [pidText, holderMode] = holder.trim().split(" ");
+    const seen = readLock(path);
+    if (seen === null) continue; // removed meanwhile: try again
+    if (seen.text === "" && Date.now() - seen.mtimeMs < LOCK_WRITE_MS) {
+      // Created by another run that has not written its pid yet.
+      throw new SipcheckError(
+        EXIT.tempFail,
+        `another sipcheck run is taking the lock (${path}); try again later`,
+      );
+    }
+    const [pidText, holderMode] = seen.text.trim().split(" ");
     const pid = Number(pidText);
     if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && await isRunning(run, pid)) {
       throw new SipcheckError(
@@ -3483,11 +3497,56 @@ export async function takeLock(path: string, run: Runner, mode: string): Promise
           : `another sipcheck run holds the lock (pid ${pid}, ${path}); try again later`,
       );
     }
+    // Stale: its process is gone. Another run may have found so too, and taken the lock over
+    // while `kill -0` ran: the lock is removed only if it is still the file and the text read.
+    const now = readLock(path);
+    if (now === null || now.ino !== seen.ino || now.text !== seen.text) continue;
     try {
-      unlinkSync(path); // stale: its process is gone
+      unlinkSync(path);
+      tookOver = true;
     } catch { /* someone else took it over first */ }
   }
   throw new SipcheckError(EXIT.tempFail, `could not take the lock ${path}; try again later`);
+}
+
+/** How long a lock file may stay empty while the run that created it writes its pid, in ms. */
+const LOCK_WRITE_MS = 10_000;
+
+/** How long a run that took over a stale lock waits before it checks the lock is still its own. */
+const LOCK_SETTLE_MS = 100;
+
+/**
+ * After taking over a stale lock: two runs that found it stale at once may each have removed it,
+ * the second removing the lock the first had just made. Once the other has had time to finish,
+ * the lock must still be this run's (`text`, file `ino`); if not, the other run has it: 75.
+ */
+async function checkTakeover(path: string, text: string, ino: bigint): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, LOCK_SETTLE_MS));
+  const now = readLock(path);
+  if (now === null || now.ino !== ino || now.text !== text) {
+    throw new SipcheckError(
+      EXIT.tempFail,
+      `another sipcheck run took over the stale lock ${path} at the same time; try again later`,
+    );
+  }
+}
+
+/** The lock file's text, inode and change time, read from one open file; null when it is gone. */
+function readLock(path: string): { text: string; ino: bigint; mtimeMs: number } | null {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch {
+    return null;
+  }
+  try {
+    const stat = fstatSync(fd, { bigint: true });
+    return { text: readFileSync(fd, "utf8"), ino: stat.ino, mtimeMs: Number(stat.mtimeMs) };
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** True when `path` is a regular file, itself not a link, or is not there (any more). */

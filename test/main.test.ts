@@ -12,6 +12,7 @@ import {
   statSync,
   symlinkSync,
   unlinkSync,
+  utimesSync,
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
@@ -522,6 +523,75 @@ describe("main", () => {
     assert.equal(await main([log], h.deps), 0, "the fake kill says the pid is gone");
     assert.ok(!existsSync(h.deps.lockPath!));
     h.done();
+  });
+  test("a stale lock taken over by another run meanwhile is left to it: 75", async () => {
+    const h = harness();
+    const log = writeLog(h.dir, { "203.0.113.1": 300 });
+    const lock = h.deps.lockPath!;
+    writeFileSync(lock, "999999999 scan\n");
+    let checks = 0;
+    const racing = harness({
+      lockPath: lock,
+      run: async (binary, args, input) => {
+        if (!binary.endsWith("/kill")) return await h.firewall.run(binary, args, input);
+        if (checks++ === 0) {
+          // While this run checks the stale holder, another finds it gone and takes the lock.
+          unlinkSync(lock);
+          writeFileSync(lock, `${process.ppid} scan\n`);
+          return { code: 1, stdout: "", stderr: "" };
+        }
+        return { code: 0, stdout: "", stderr: "" }; // the other run is alive
+      },
+    });
+    assert.equal(await main([log], racing.deps), EXIT.tempFail);
+    assert.match(racing.stderr(), new RegExp(`holds the lock \\(pid ${process.ppid}`));
+    assert.equal(readFileSync(lock, "utf8"), `${process.ppid} scan\n`, "the other run's lock");
+    assert.deepEqual(h.firewall.bans(4), []);
+    unlinkSync(lock);
+    h.done();
+    racing.done();
+  });
+  test("two runs that take over a stale lock at once: the one whose lock was removed says 75", async () => {
+    const h = harness();
+    const log = writeLog(h.dir, { "203.0.113.1": 300 });
+    const lock = h.deps.lockPath!;
+    writeFileSync(lock, "999999999 scan\n");
+    const racing = harness({
+      lockPath: lock,
+      run: async (binary, args, input) => {
+        if (!binary.endsWith("/kill")) return await h.firewall.run(binary, args, input);
+        // The other run removes the lock this one is about to make, and makes its own.
+        setTimeout(() => {
+          unlinkSync(lock);
+          writeFileSync(lock, `${process.ppid} scan\n`);
+        }, 20);
+        return { code: 1, stdout: "", stderr: "" };
+      },
+    });
+    assert.equal(await main([log], racing.deps), EXIT.tempFail);
+    assert.match(racing.stderr(), /took over the stale lock .* at the same time; try again later/);
+    assert.equal(readFileSync(lock, "utf8"), `${process.ppid} scan\n`, "the other run's lock");
+    assert.deepEqual(h.firewall.bans(4), []);
+    unlinkSync(lock);
+    h.done();
+    racing.done();
+  });
+  test("an empty lock is one being written (75) unless it is old", async () => {
+    const h = harness();
+    const log = writeLog(h.dir, { "203.0.113.1": 300 });
+    const lock = h.deps.lockPath!;
+    writeFileSync(lock, "");
+    assert.equal(await main([log], h.deps), EXIT.tempFail);
+    assert.match(h.stderr(), /another sipcheck run is taking the lock/);
+    assert.equal(readFileSync(lock, "utf8"), "", "left alone");
+    const minuteAgo = new Date(Date.now() - 60_000);
+    utimesSync(lock, minuteAgo, minuteAgo);
+    const later = harness({ lockPath: lock, run: h.firewall.run });
+    assert.equal(await main([log], later.deps), 0, later.stderr());
+    assert.deepEqual(h.firewall.bans(4), ["203.0.113.1/32"]);
+    assert.ok(!existsSync(lock));
+    h.done();
+    later.done();
   });
   test("a lock path that is not a file (a directory, a link): 1, one line, left alone", async () => {
     const h = harness();
