@@ -6897,6 +6897,8 @@ async function scan(options: Options, deps: Deps): Promise<number> {
   let exit: number = errors.length ? EXIT.noInput : EXIT.ok;
   let decisions = offenders;
   let firewallError: SipcheckError | null = null;
+  const kept = new Set<string>(); // banned by a batch that could not be undone
+  const undoFailures: string[] = [];
 
   if (!options.dryRun) {
     try {
@@ -6928,14 +6930,25 @@ async function scan(options: Options, deps: Deps): Promise<number> {
         // Each batch is atomic; undo the batches that went in so that the run changes nothing.
         for (const [k, batch] of batches.entries()) {
           if (results[k].status !== "fulfilled") continue;
-          await removeBans(deps.run, batch.version, batch.state, batch.fresh).catch(() => {});
+          try {
+            await removeBans(deps.run, batch.version, batch.state, batch.fresh);
+          } catch (undoError) {
+            if (!(undoError instanceof SipcheckError)) throw undoError;
+            for (const ip of batch.fresh) kept.add(ip);
+            undoFailures.push(
+              `the ${familyName(batch.version)} batch went in and could not be taken out again ` +
+                `(${undoError.message}): its ${plural(batch.fresh.length, "ban")} stay`,
+            );
+          }
         }
         throw failed.reason;
       }
     } catch (error) {
       if (!(error instanceof SipcheckError)) throw error;
       firewallError = error;
-      decisions = decisions.map((d) => d.action === "banned" ? { ...d, action: "would-ban" } : d);
+      decisions = decisions.map((d) =>
+        d.action === "banned" && !kept.has(d.ip) ? { ...d, action: "would-ban" } : d
+      );
       errors.push(error.message);
       exit = EXIT.unavailable;
     }
@@ -6954,7 +6967,10 @@ async function scan(options: Options, deps: Deps): Promise<number> {
       await deps.stdout(piece);
     }
   }
-  if (firewallError) deps.stderr(`sipcheck: ${firewallError.message}; nothing was banned\n`);
+  if (firewallError) {
+    const outcome = undoFailures.length ? undoFailures.join("; ") : "nothing was banned";
+    deps.stderr(`sipcheck: ${firewallError.message}; ${outcome}\n`);
+  }
   if (tally.ambiguous) {
     deps.stderr(
       `sipcheck: warning: ${plural(tally.ambiguous, "security event")} with forged addresses ` +

@@ -450,6 +450,32 @@ describe("main", () => {
       h.done();
     });
   }
+  test("a batch that cannot be undone is said so, and its bans are reported as banned", async () => {
+    const h = harness();
+    h.firewall.fail[6] = true;
+    let restores4 = 0;
+    const undoFails = harness({
+      lockPath: h.deps.lockPath,
+      run: async (binary, args, input) => {
+        if (binary.endsWith("/iptables-restore") && restores4++ === 1) {
+          return { code: 1, stdout: "", stderr: "iptables-restore: line 2 failed\n" };
+        }
+        return await h.firewall.run(binary, args, input);
+      },
+    });
+    const log = writeLog(h.dir, { "203.0.113.1": 300, "[2001:db8::1]:5060": 250 });
+    assert.equal(await main([log], undoFails.deps), EXIT.unavailable);
+    assert.deepEqual(h.firewall.bans(4), ["203.0.113.1/32"], "the undo failed: the ban stays");
+    assert.deepEqual(h.firewall.bans(6), []);
+    assert.match(
+      undoFails.stderr(),
+      /ip6tables-restore -w --noflush failed: iptables-restore: line 3 failed; the iptables batch went in and could not be taken out again \(.*iptables-restore -w --noflush failed: iptables-restore: line 2 failed\): its 1 ban stay\n$/,
+    );
+    assert.match(undoFails.stdout(), /^banned +203\.0\.113\.1 /m);
+    assert.match(undoFails.stdout(), /^would ban +2001:db8::1 /m);
+    h.done();
+    undoFails.done();
+  });
   test("the IPv4 and IPv6 batches run at the same time", async () => {
     const h = harness();
     let release = () => {};
