@@ -6864,13 +6864,33 @@ function requireRoot(deps: Deps, command: Command): void {
   );
 }
 
+/**
+ * True when `path` is a file already in `read` (named twice, as `a.log ./a.log`, or through a
+ * link): counting it twice would ban at half the threshold. Otherwise adds it; a path that cannot
+ * be looked at is left for the scan to report.
+ */
+function isReadAlready(path: string, read: Set<string>): boolean {
+  let key: string;
+  try {
+    const stat = statSync(path, { bigint: true });
+    key = `${stat.dev}:${stat.ino}`;
+  } catch {
+    return false;
+  }
+  if (read.has(key)) return true;
+  read.add(key);
+  return false;
+}
+
 /** The main job: scan the logs, decide, ban, report. */
 async function scan(options: Options, deps: Deps): Promise<number> {
   const tally = newTally();
   const errors: string[] = [];
   let files = 0;
   const logs = options.logs.length ? options.logs.map((arg) => resolveLog(arg)) : [defaultLog()];
+  const read = new Set<string>(); // device:inode of each file read
   for (const path of logs) {
+    if (path !== "-" && isReadAlready(path, read)) continue;
     try {
       if (path === "-") await scanStream(deps.stdin(), createScanner(tally));
       else await scanFile(path, tally);

@@ -15,7 +15,7 @@ import {
   utimesSync,
   writeFileSync,
 } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import process from "node:process";
 import { describe, test } from "node:test";
 import {
@@ -450,6 +450,20 @@ describe("main", () => {
       h.done();
     });
   }
+  test("a log named twice (another path, a link) is read once", async () => {
+    const h = harness();
+    const log = writeLog(h.dir, { "203.0.113.1": 150 });
+    symlinkSync(log, join(h.dir, "link.log"));
+    const again = join(h.dir, ".", "..", basename(h.dir), basename(log));
+    assert.equal(await main(["--json", log, again, join(h.dir, "link.log")], h.deps), 0);
+    const report = JSON.parse(h.stdout());
+    assert.equal(report.files, 1);
+    assert.deepEqual(report.addresses, [
+      { ip: "203.0.113.1", failures: 150, action: "below-threshold" },
+    ]);
+    assert.deepEqual(h.firewall.bans(4), [], "150 is below the threshold, not 450 over it");
+    h.done();
+  });
   test("a batch that cannot be undone is said so, and its bans are reported as banned", async () => {
     const h = harness();
     h.firewall.fail[6] = true;
