@@ -6597,15 +6597,30 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
 /** The signals a watcher answers: SIGTERM and SIGINT stop it, SIGHUP reopens the logs. */
 const WATCH_SIGNALS = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
 
-/** `sipcheck watch`: runs a watcher until SIGTERM or SIGINT (then exit 0). Signals need no Deno
- * permission. */
+/** Answers one of {@link WATCH_SIGNALS}: SIGHUP reopens, the others stop. */
+function answerSignal(watcher: Watcher, signal: string): void {
+  if (signal === "SIGHUP") watcher.reopen();
+  else watcher.stop(signal);
+}
+
+/**
+ * `sipcheck watch`: runs a watcher until SIGTERM or SIGINT (then exit 0). The handlers are
+ * installed before the watcher starts, since its first read of the logs is synchronous and can
+ * take seconds: a signal that comes meanwhile (`systemctl reload` or `stop` just after a start)
+ * would otherwise end the process with the lock left behind. Such a signal is answered once that
+ * read returns: SIGTERM and SIGINT then stop the watcher after its first batch, as at any other
+ * time. Signals need no Deno permission.
+ */
 export async function watch(options: Options, deps: Deps): Promise<number> {
-  const watcher = startWatcher(options, deps);
+  let watcher: Watcher | null = null;
+  const early: string[] = []; // signals answered before startWatcher returned (none in practice)
   const handlers = WATCH_SIGNALS.map((signal) =>
-    [signal, () => signal === "SIGHUP" ? watcher.reopen() : watcher.stop(signal)] as const
+    [signal, () => watcher ? answerSignal(watcher, signal) : early.push(signal)] as const
   );
   for (const [signal, handler] of handlers) process.on(signal, handler);
   try {
+    watcher = startWatcher(options, deps);
+    for (const signal of early) answerSignal(watcher, signal);
     return await watcher.done;
   } finally {
     for (const [signal, handler] of handlers) process.off(signal, handler);

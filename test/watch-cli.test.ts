@@ -1,6 +1,7 @@
 /**
  * `sipcheck watch` as a real process under the runtime that runs these tests: it follows a log,
- * answers SIGHUP, stops on SIGTERM and SIGINT with exit 0 (also while it reads standard input),
+ * answers SIGHUP, stops on SIGTERM and SIGINT with exit 0 (also while it reads standard input,
+ * and when they come during its first read of a big log),
  * stops by itself when standard input closes, needs no Deno permission beyond the shebang's, and,
  * as root in a private network namespace, bans with the real iptables on an appended line while
  * holding the lock that makes a cron run step back. Waits are for output, with a generous
@@ -8,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { appendFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, readdirSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { after, describe, test } from "node:test";
@@ -71,6 +72,40 @@ function spawnWatcher(args: string[], flags?: string[]) {
   };
 }
 
+/** Lines in {@link bigLog}. */
+let bigLines = 0;
+let bigPath = "";
+
+/** A log of about 200 MB (failures of 10,000 addresses, about 150 each) that takes the watcher a
+ * good fraction of a second to read at start; written once. */
+function bigLog(): string {
+  if (bigPath) return bigPath;
+  let block = "";
+  for (let i = 0; i < 10_000; i++) block += REGISTER(`10.0.${i >> 8}.${i & 255}:5060`);
+  const repeat = Math.ceil(200e6 / block.length);
+  bigLines = repeat * 10_000;
+  bigPath = log("big.log", block.repeat(repeat));
+  return bigPath;
+}
+
+/** Waits until process `pid` has `path` open (its first read has begun): at most 30 s. */
+async function untilOpen(pid: number, path: string): Promise<void> {
+  for (let i = 0; i < 6000; i++) {
+    try {
+      for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+        try {
+          if (readlinkSync(`/proc/${pid}/fd/${fd}`) === path) return;
+        } catch { /* closed meanwhile */ }
+      }
+    } catch { /* not started yet */ }
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  assert.fail(`process ${pid} never opened ${path}`);
+}
+
+/** Why a signal test proves nothing: the first read was over before the signal was sent. */
+const TOO_FAST = "the first read was over before the signal: the big log is too small here";
+
 describe(`sipcheck.ts watch under ${RUNTIME}`, () => {
   test("follows a log, answers SIGHUP, and stops on SIGTERM with exit 0", async () => {
     const path = log("follow.log", REGISTER("203.0.113.1:5060").repeat(2));
@@ -98,6 +133,40 @@ describe(`sipcheck.ts watch under ${RUNTIME}`, () => {
     assert.equal(lines[3].reason, "SIGTERM");
     assert.equal(lines[3].lines, 6);
   });
+
+  test("SIGHUP during the first read of a big log does not end it: it reopens, goes on", async () => {
+    const path = bigLog();
+    const small = log("after-big.log", "");
+    const w = spawnWatcher(["-n", "-t", "1000", "--json", path, small]);
+    await untilOpen(w.child.pid!, path);
+    w.signal("SIGHUP");
+    assert.equal(w.out(), "", TOO_FAST);
+    await w.waitFor(/"action":"watching"/);
+    appendFileSync(small, REGISTER("203.0.113.10").repeat(1000));
+    await w.waitFor(/"would-ban","ip":"203\.0\.113\.10"/);
+    w.signal("SIGTERM");
+    assert.equal(await w.exited, 0, w.err());
+    assert.equal(w.err(), "");
+    const lines = w.out().trim().split("\n").map((line) => JSON.parse(line));
+    assert.deepEqual(lines.map((line) => line.action), ["watching", "would-ban", "stopped"]);
+    assert.equal(lines[0].lines, bigLines, "the first read went to the end");
+    assert.deepEqual([lines[2].reason, lines[2].lines], ["SIGTERM", bigLines + 1000]);
+  });
+
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    test(`${signal} during the first read of a big log: it stops once that read is done, exit 0`, async () => {
+      const path = bigLog();
+      const w = spawnWatcher(["-n", "-t", "1000", "--json", path]);
+      await untilOpen(w.child.pid!, path);
+      w.signal(signal);
+      assert.equal(w.out(), "", TOO_FAST);
+      assert.equal(await w.exited, 0, w.err());
+      assert.equal(w.err(), "");
+      const lines = w.out().trim().split("\n").map((line) => JSON.parse(line));
+      assert.deepEqual(lines.map((line) => line.action), ["watching", "stopped"]);
+      assert.deepEqual([lines[1].reason, lines[1].lines], [signal, bigLines]);
+    });
+  }
 
   test("SIGINT stops it too; the text output has the time, address, count and family", async () => {
     const path = log("sigint.log", REGISTER("203.0.113.2").repeat(4));
@@ -217,6 +286,33 @@ describe("a real ban in a private network namespace", { skip: skip ?? false }, (
     assert.match(lines[1], /Z {2}banned {10}203\.0\.113\.20 {2}5 failures \(sip-register\)$/);
     assert.match(lines[2], /Z {2}banned {10}2001:db8::20 {2}5 failures \(sip-register\)$/);
     assert.match(lines[3], /sipcheck: stopped \(SIGTERM\): 10 lines, 10 failures, 2 banned/);
+    assert.equal(err, "");
+  });
+
+  test("SIGTERM during the first read: exit 0, the stopped line, the lock released", () => {
+    const path = bigLog();
+    const watcher = namespaceCommand(["watch", "-t", "1000", path]);
+    const ran = inNamespace([
+      `${watcher} > /run/out 2> /run/err & pid=$!`,
+      `i=0; until ls -l /proc/$pid/fd 2>/dev/null | grep -q ${
+        shellQuote(path)
+      }; do i=$((i+1)); [ $i -gt 6000 ] && { echo "never opened"; exit 98; }; sleep 0.005; done`,
+      '[ -s /run/out ] && echo "output before the signal"',
+      '[ -e /run/sipcheck.lock ] && echo "locked"',
+      'kill -TERM $pid; wait $pid; echo "watch exit $?"',
+      '[ -e /run/sipcheck.lock ] && echo "lock left" || echo "lock released"; echo ==',
+      "cat /run/out; echo ==; cat /run/err",
+    ].join("\n"));
+    assert.equal(ran.code, 0, `script failed (${ran.code}): ${ran.stderr}\n${ran.stdout}`);
+    const [end, out, err] = ran.stdout.split("==\n");
+    assert.equal(end, "locked\nwatch exit 0\nlock released\n", TOO_FAST);
+    const lines = out.trim().split("\n");
+    assert.equal(lines.length, 2, out);
+    assert.match(
+      lines[0],
+      new RegExp(`sipcheck: watching .*big\\.log \\(threshold 1000\\): ${bigLines} lines`),
+    );
+    assert.match(lines[1], new RegExp(`sipcheck: stopped \\(SIGTERM\\): ${bigLines} lines`));
     assert.equal(err, "");
   });
 
