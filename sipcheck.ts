@@ -6268,7 +6268,9 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
   }));
   const pending = new Map<string, Due>(); // reached the threshold, not decided yet
   const decided = new Set<string>(); // reached it and decided (forgotten with the window)
-  const states = new Map<IpVersion, ChainState>(); // read once, then kept up to date
+  // Of those, the ones found or put in the chain, and the family that brought each there: the
+  // chain is read again before every batch, and one no longer in it is banned again.
+  const inChain = new Map<string, FamilyName>();
   const retry = { 4: { at: 0, delay: RETRY_MS }, 6: { at: 0, delay: RETRY_MS } };
   const buffer = Buffer.allocUnsafe(CHUNK_SIZE);
   const waiters: (() => void)[] = [];
@@ -6412,8 +6414,14 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
     readAppended(inc, inc.fd, buffer);
   }
 
-  /** Decides one family's due addresses and bans the new ones in one batch; throws on a
-   * firewall error. */
+  /**
+   * Decides one family's due addresses and bans the new ones in one batch; throws on a firewall
+   * error. The chain is read first, every time (one `iptables -S`): a rule someone else put in
+   * it refuses the batch, a jump rule someone deleted is put back, and an address banned before
+   * that the chain no longer drops (deleted by hand, a whole-table iptables-restore) is taken
+   * out of {@link inChain} and `decided`, and banned again in this batch while its count is still
+   * at the threshold (`due` gets it, so that a failed batch tries it again).
+   */
   async function settle(version: IpVersion, due: [string, Due][]): Promise<WatchEvent[]> {
     const counts = new Map(
       due.map(([ip, d]) => [ip, Math.max(d.failures, tally.counts.get(ip) ?? 0)]),
@@ -6422,15 +6430,20 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
       decide(counts, { threshold: options.threshold, ignore, banned, dryRun: options.dryRun });
     let decisions = decideWith(new Set());
     if (decisions.some((d) => d.action === "banned")) {
-      const state = states.get(version) ?? await listChainForBans(deps.run, version);
-      states.set(version, state);
+      const state = await listChainForBans(deps.run, version);
+      for (const [ip, family] of inChain) {
+        if (versionOf(ip) !== version || state.bans.has(ip)) continue;
+        inChain.delete(ip);
+        decided.delete(ip);
+        const failures = tally.counts.get(ip) ?? 0;
+        if (failures < options.threshold || counts.has(ip)) continue;
+        counts.set(ip, failures);
+        due.push([ip, { failures, family }]);
+      }
       decisions = decideWith(state.bans);
       const fresh = decisions.filter((d) => d.action === "banned").map((d) => d.ip);
-      if (fresh.length) {
+      if (fresh.length || jumpRules().some((jump) => !state.jumps.includes(jump))) {
         await addBans(deps.run, version, state, fresh);
-        for (const ip of fresh) state.bans.add(ip);
-        state.exists = true;
-        state.jumps = [...new Set([...state.jumps, ...jumpRules()])];
         bans += fresh.length;
       }
     }
@@ -6447,12 +6460,16 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
       if (due.length === 0 || (!force && now < retry[version].at)) continue;
       for (const [ip] of due) pending.delete(ip);
       try {
-        for (const event of await settle(version, due)) events.push(event);
+        for (const event of await settle(version, due)) {
+          events.push(event);
+          if (event.action === "banned" || event.action === "already-banned") {
+            inChain.set(event.ip, event.family);
+          }
+        }
         for (const [ip] of due) decided.add(ip);
         retry[version].delay = RETRY_MS;
       } catch (error) {
         for (const [ip, d] of due) pending.set(ip, d);
-        states.delete(version); // read it again before the next try
         const delay = retry[version].delay;
         retry[version] = { at: now + delay, delay: Math.min(2 * delay, RETRY_MAX_MS) };
         const message = error instanceof SipcheckError
@@ -6507,8 +6524,8 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
       const waiting = waiters.splice(0);
       if (reopenAsked) {
         reopenAsked = false;
-        states.clear();
         decided.clear();
+        inChain.clear();
         ignore = ignoreList(options, deps);
         for (const log of logs) log.reported = null;
       }
@@ -6519,7 +6536,10 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
           reportOnce(log, error);
         }
       }
-      for (const ip of window?.expire(now) ?? []) decided.delete(ip);
+      for (const ip of window?.expire(now) ?? []) {
+        decided.delete(ip);
+        inChain.delete(ip);
+      }
       await flush(last);
       if (first) {
         notice(

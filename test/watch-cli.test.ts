@@ -316,6 +316,78 @@ describe("a real ban in a private network namespace", { skip: skip ?? false }, (
     assert.equal(err, "");
   });
 
+  test("the chain is read before every batch: a foreign rule, a deleted jump, a whole-table restore", () => {
+    const path = log("reread.log", REGISTER("203.0.113.30").repeat(3));
+    const watcher = namespaceCommand(["watch", "-t", "3", path]);
+    const append = (address: string) =>
+      `printf '%s' ${shellQuote(REGISTER(address).repeat(3))} >> ${shellQuote(path)}`;
+    const ran = inNamespace([
+      `wait_for() { i=0; until grep -q "$1" "$2"; do i=$((i+1)); [ $i -gt 600 ] && { echo "no $1"; cat /run/out /run/err; exit 98; }; sleep 0.05; done; }`,
+      "iptables -P INPUT ACCEPT; iptables-save > /run/saved", // the table before sipcheck ran
+      `${watcher} > /run/out 2> /run/err & pid=$!`,
+      "wait_for watching /run/out",
+      "iptables -I sipcheck 1 -s 198.51.100.0/24 -j ACCEPT",
+      "iptables -D INPUT -p udp -m multiport --dports 5060,5061,4569,5038 -j sipcheck",
+      append("198.51.100.7"),
+      "wait_for 'did not write' /run/err",
+      "iptables -S sipcheck; echo ==",
+      "iptables -D sipcheck 1",
+      "wait_for 198.51.100.7 /run/out",
+      "iptables -S sipcheck; iptables -S INPUT; echo ==",
+      "iptables-restore < /run/saved",
+      append("203.0.113.31"),
+      "wait_for 203.0.113.31 /run/out",
+      "iptables -S sipcheck; iptables -S INPUT; echo ==",
+      'kill -TERM $pid; wait $pid; echo "watch exit $?"; echo ==',
+      "cat /run/out; echo ==; cat /run/err",
+    ].join("\n"));
+    assert.equal(ran.code, 0, `script failed (${ran.code}): ${ran.stderr}\n${ran.stdout}`);
+    const [refused, back, restored, exit, out, err] = ran.stdout.split("==\n");
+    assert.equal(
+      refused,
+      "-N sipcheck\n-A sipcheck -s 198.51.100.0/24 -j ACCEPT\n-A sipcheck -s 203.0.113.30/32 -j DROP\n",
+      "nothing added behind the ACCEPT",
+    );
+    const jumps = "-P INPUT ACCEPT\n" +
+      "-A INPUT -p udp -m multiport --dports 5060,5061,4569,5038 -j sipcheck\n" +
+      "-A INPUT -p tcp -m multiport --dports 5060,5061,4569,5038 -j sipcheck\n";
+    assert.equal(
+      back,
+      "-N sipcheck\n-A sipcheck -s 203.0.113.30/32 -j DROP\n-A sipcheck -s 198.51.100.7/32 -j DROP\n" +
+        jumps,
+      "the udp jump is back, first",
+    );
+    assert.equal(
+      restored.split("\n").filter((line) => line.includes("-j DROP")).sort().join("\n"),
+      [
+        "-A sipcheck -s 198.51.100.7/32 -j DROP",
+        "-A sipcheck -s 203.0.113.30/32 -j DROP",
+        "-A sipcheck -s 203.0.113.31/32 -j DROP",
+      ].join("\n"),
+      "the bans the restore took away are back",
+    );
+    assert.match(restored, /\n-A INPUT -p tcp .* -j sipcheck\n-A INPUT -p udp .* -j sipcheck\n$/);
+    assert.equal(exit, "watch exit 0\n");
+    const actions = out.trim().split("\n").map((line) => line.split(/ {2,}/).slice(1, 3).join(" "));
+    assert.deepEqual(
+      actions,
+      [
+        "banned 203.0.113.30",
+        "sipcheck: watching " + path + " (threshold 3): 3 lines, 3 failures from 1 address so far",
+        "banned 198.51.100.7",
+        "banned 203.0.113.31",
+        "banned 203.0.113.30",
+        "banned 198.51.100.7",
+        "sipcheck: stopped (SIGTERM): 9 lines, 9 failures, 5 banned since the start",
+      ],
+    );
+    assert.match(
+      err,
+      /^sipcheck: iptables: the sipcheck chain holds a rule sipcheck did not write/,
+    );
+    assert.equal(err.split("\n").length, 2, err);
+  });
+
   test("a reader of its output that goes away does not stop it banning", () => {
     const path = log("gone.log", REGISTER("203.0.113.21").repeat(2));
     const watcher = namespaceCommand(["watch", "-t", "3", path]);

@@ -24,6 +24,7 @@ import {
   type Deps,
   EXIT,
   formatDuration,
+  jumpRules,
   main,
   newTally,
   parseDuration,
@@ -559,6 +560,78 @@ describe("the firewall", () => {
     await w.until(() => w.events().length === 2, "a second ban");
     assert.deepEqual(w.firewall.bans(4), ["203.0.113.50/32"]);
     await w.stop();
+  });
+
+  test("the chain is read before every batch: a foreign rule added since refuses the batch, a deleted jump is put back", async () => {
+    const log = newLog(lines("203.0.113.80", 3));
+    const w = watching(["-t", "3", log]);
+    await w.until(() => w.events().length === 1, "a first ban");
+    const input = w.firewall.chains[4].get("INPUT")!;
+    assert.deepEqual([...input].sort(), [...jumpRules()].sort());
+    // iptables -I sipcheck 1 -s 198.51.100.0/24 -j ACCEPT; iptables -D INPUT <the udp jump>
+    w.firewall.chains[4].get(CHAIN)!.unshift(`-A ${CHAIN} -s 198.51.100.0/24 -j ACCEPT`);
+    input.splice(input.findIndex((rule) => rule.includes("-p udp")), 1);
+    appendFileSync(log, lines("198.51.100.7", 3));
+    await w.until(() => w.stderr() !== "", "a refusal");
+    assert.match(
+      w.stderr(),
+      /^sipcheck: iptables: the sipcheck chain holds a rule sipcheck did not write \("-A sipcheck -s 198\.51\.100\.0\/24 -j ACCEPT"\).*; 1 ban to try again in 1 s\n$/,
+    );
+    assert.equal(w.events().length, 1, "not reported banned behind the ACCEPT");
+    assert.equal(w.firewall.restores().length, 1, "nothing added behind the ACCEPT");
+    w.firewall.chains[4].get(CHAIN)!.shift(); // the ACCEPT is deleted
+    await w.until(() => w.events().length === 2, "the retry");
+    assert.deepEqual(w.events().map((e) => [e.action, e.ip]), [
+      ["banned", "203.0.113.80"],
+      ["banned", "198.51.100.7"],
+    ]);
+    assert.deepEqual(w.firewall.bans(4), ["203.0.113.80/32", "198.51.100.7/32"]);
+    assert.deepEqual([...input].sort(), [...jumpRules()].sort(), "the udp jump is back");
+    await w.stop();
+  });
+
+  test("one iptables -S per batch and family", async () => {
+    const log = newLog("");
+    const w = watching(["-t", "2", log]);
+    await w.watcher.polled();
+    for (const n of [1, 2, 3]) {
+      appendFileSync(log, lines(`203.0.113.9${n}`, 2));
+      await w.until(() => w.events().length === n, `ban ${n}`);
+    }
+    appendFileSync(log, lines("[2001:db8::90]:5060", 2));
+    await w.until(() => w.events().length === 4, "an IPv6 ban");
+    const lists = (binary: string) => w.firewall.calls.filter((c) => c === `${binary} -w -S`);
+    assert.equal(lists("/usr/sbin/iptables").length, 3);
+    assert.equal(lists("/usr/sbin/ip6tables").length, 1);
+    assert.equal(w.firewall.restores().length, 4);
+    await w.stop();
+  });
+
+  test("bans lost since (a whole-table iptables-restore) are put back by the next batch", async () => {
+    const log = newLog(
+      lines("203.0.113.100", 3) + lines("203.0.113.101", 4) + lines("203.0.113.102", 1),
+    );
+    const w = watching(["-t", "3", "--window", "1h", log]);
+    await w.until(() => w.events().length === 2, "two bans");
+    // iptables-restore of a table saved before sipcheck ran: no chain, no jumps.
+    w.firewall.chains[4] = new Map([["INPUT", []]]);
+    appendFileSync(log, lines("203.0.113.102", 2));
+    await w.until(() => w.events().length === 5, "the bans again");
+    assert.deepEqual(w.events().slice(2).map((e) => [e.action, e.ip, e.failures, e.family]), [
+      ["banned", "203.0.113.101", 4, "sip-register"],
+      ["banned", "203.0.113.102", 3, "sip-register"],
+      ["banned", "203.0.113.100", 3, "sip-register"],
+    ]);
+    assert.deepEqual(w.firewall.bans(4).sort(), [
+      "203.0.113.100/32",
+      "203.0.113.101/32",
+      "203.0.113.102/32",
+    ]);
+    assert.deepEqual(w.firewall.chains[4].get("INPUT")!.sort(), [...jumpRules()].sort());
+    assert.equal(w.firewall.restores().length, 2, "all three in one batch");
+    const last = await w.stop();
+    assert.equal(last, 0);
+    assert.equal(w.output().at(-1)!.bans, 5);
   });
 
   test("stopping reads and bans what was written before, then closes", async () => {
