@@ -6283,6 +6283,7 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let stdin: AsyncIterable<Uint8Array> | null = null;
   let finished = false;
+  let refused = false; // gzip data on standard input
 
   /** Every counted failure: keep the window, and queue the address once it reaches the
    * threshold, with the family that brought it there. */
@@ -6492,16 +6493,36 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
     }
   }
 
-  /** Follows standard input until it closes; stops the watcher then if there is nothing else. */
+  /** Follows standard input until it closes; stops the watcher then if there is nothing else.
+   * gzip data (its first two bytes) stops the watcher with exit 66, as a compressed file
+   * refused at start does: nothing is appended to it. */
   async function followStdin(): Promise<void> {
     const scanner = newScanner();
+    let head: Buffer | null = Buffer.alloc(0); // the first bytes, until there are two
+    const checkHead = (): boolean => {
+      if (head?.[0] !== GZIP_MAGIC[0] || head[1] !== GZIP_MAGIC[1]) {
+        if (head?.length) scanner.write(head);
+        head = null;
+        return true;
+      }
+      refused = true;
+      deps.stderr(
+        'sipcheck: cannot watch standard input: it is gzip-compressed; scan it instead ("sipcheck -")\n',
+      );
+      stop("gzip-compressed input");
+      return false;
+    };
     stdin = deps.stdin();
     try {
       for await (const chunk of stdin) {
         now = performance.now();
-        scanner.write(chunk);
+        if (head) {
+          head = Buffer.concat([head, chunk]);
+          if (head.length >= GZIP_MAGIC.length && !checkHead()) return;
+        } else scanner.write(chunk);
         if (stopReason) return;
       }
+      if (head && !checkHead()) return;
       scanner.end();
     } catch (error) {
       if (stopReason) return;
@@ -6566,6 +6587,7 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
         timer = setTimeout(resolve, POLL_MS);
       });
     }
+    if (refused) return EXIT.noInput;
     return pending.size && stopReason === "end of input" && !options.dryRun
       ? EXIT.unavailable
       : EXIT.ok;

@@ -12,6 +12,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { appendFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
+import { gzipSync } from "node:zlib";
 import { after, describe, test } from "node:test";
 import {
   cliCommand,
@@ -187,6 +188,18 @@ describe(`sipcheck.ts watch under ${RUNTIME}`, () => {
     assert.equal(ran.code, 0, ran.stderr);
     assert.equal(ran.stderr, "");
     assert.match(ran.stdout, /^\S+ {2}would ban +203\.0\.113\.3 {2}2 failures \(sip-register\)\n$/);
+  });
+
+  test("gzip data on standard input is refused in one line, exit 66", () => {
+    const ran = sipcheck(["watch", "-n", "-q", "-t", "1", "-"], gzipSync(REGISTER("203.0.113.3")));
+    assert.equal(ran.code, 66, ran.stderr);
+    assert.equal(
+      ran.stderr,
+      'sipcheck: cannot watch standard input: it is gzip-compressed; scan it instead ("sipcheck -")\n',
+    );
+    assert.equal(ran.stdout, "");
+    const plain = sipcheck(["watch", "-n", "-q", "-t", "1", "-"], "\x1f");
+    assert.deepEqual([plain.code, plain.stderr], [0, ""], "one byte like gzip's first is no gzip");
   });
 
   test("SIGTERM while standard input is still open: exit 0", async () => {
