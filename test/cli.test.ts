@@ -226,11 +226,17 @@ describe(`sipcheck.ts under ${RUNTIME}`, () => {
     assert.equal(ran.stdout, "would ban       198.51.100.23  230 failures\n");
   });
 
-  test("several logs add up; - reads standard input", () => {
+  test("several logs add up; - reads standard input; a log named twice is read once", () => {
     const log = file("two.log", REGISTER("203.0.113.7").repeat(150));
-    const json = report(["-n", log, "-", log], REGISTER("203.0.113.7").repeat(10));
+    const other = file("three.log", REGISTER("203.0.113.7").repeat(150));
+    const json = report(["-n", log, "-", other], REGISTER("203.0.113.7").repeat(10));
     assert.equal(json.files, 3);
     assert.deepEqual(json.addresses, [{ ip: "203.0.113.7", failures: 310, action: "would-ban" }]);
+    const twice = report(["-n", log, "-", log], REGISTER("203.0.113.7").repeat(10));
+    assert.equal(twice.files, 2);
+    assert.deepEqual(twice.addresses, [
+      { ip: "203.0.113.7", failures: 160, action: "below-threshold" },
+    ]);
   });
 
   describe("a log that is not a regular file is read to its end, as standard input is", () => {
