@@ -34,6 +34,7 @@ import {
   parseOptions,
   resolveLog,
   runProgram,
+  type RunResult,
   scanString,
   SipcheckError,
   THRESHOLD,
@@ -564,57 +565,50 @@ describe("main", () => {
     assert.ok(!existsSync(h.deps.lockPath!));
     h.done();
   });
-  test("a stale lock taken over by another run meanwhile is left to it: 75", async () => {
+  /**
+   * A run that finds a stale lock while another run races it: its `kill -0` goes to `kill` (given
+   * the lock's path), which plays the other run; the other calls go to a fake firewall. The other
+   * run ends up holding the lock, and this one must say 75, ban nothing and leave that lock alone.
+   */
+  async function raceForStaleLock(kill: (lock: string) => RunResult, message: RegExp) {
     const h = harness();
     const log = writeLog(h.dir, { "203.0.113.1": 300 });
     const lock = h.deps.lockPath!;
     writeFileSync(lock, "999999999 scan\n");
-    let checks = 0;
     const racing = harness({
       lockPath: lock,
-      run: async (binary, args, input) => {
-        if (!binary.endsWith("/kill")) return await h.firewall.run(binary, args, input);
-        if (checks++ === 0) {
-          // While this run checks the stale holder, another finds it gone and takes the lock.
-          unlinkSync(lock);
-          writeFileSync(lock, `${process.ppid} scan\n`);
-          return { code: 1, stdout: "", stderr: "" };
-        }
-        return { code: 0, stdout: "", stderr: "" }; // the other run is alive
-      },
+      run: async (binary, args, input) =>
+        binary.endsWith("/kill") ? kill(lock) : await h.firewall.run(binary, args, input),
     });
     assert.equal(await main([log], racing.deps), EXIT.tempFail);
-    assert.match(racing.stderr(), new RegExp(`holds the lock \\(pid ${process.ppid}`));
+    assert.match(racing.stderr(), message);
     assert.equal(readFileSync(lock, "utf8"), `${process.ppid} scan\n`, "the other run's lock");
     assert.deepEqual(h.firewall.bans(4), []);
     unlinkSync(lock);
     h.done();
     racing.done();
+  }
+  /** The other run's lock, put in place of `lock`. */
+  function otherRunTakes(lock: string): void {
+    unlinkSync(lock);
+    writeFileSync(lock, `${process.ppid} scan\n`);
+  }
+  const GONE = { code: 1, stdout: "", stderr: "" };
+  const ALIVE = { code: 0, stdout: "", stderr: "" };
+  test("a stale lock taken over by another run meanwhile is left to it: 75", async () => {
+    let checks = 0;
+    await raceForStaleLock((lock) => {
+      if (checks++ > 0) return ALIVE; // the other run, asked about next
+      otherRunTakes(lock); // while this run checks the stale holder, the other takes the lock
+      return GONE;
+    }, new RegExp(`holds the lock \\(pid ${process.ppid}`));
   });
   test("two runs that take over a stale lock at once: the one whose lock was removed says 75", async () => {
-    const h = harness();
-    const log = writeLog(h.dir, { "203.0.113.1": 300 });
-    const lock = h.deps.lockPath!;
-    writeFileSync(lock, "999999999 scan\n");
-    const racing = harness({
-      lockPath: lock,
-      run: async (binary, args, input) => {
-        if (!binary.endsWith("/kill")) return await h.firewall.run(binary, args, input);
-        // The other run removes the lock this one is about to make, and makes its own.
-        setTimeout(() => {
-          unlinkSync(lock);
-          writeFileSync(lock, `${process.ppid} scan\n`);
-        }, 20);
-        return { code: 1, stdout: "", stderr: "" };
-      },
-    });
-    assert.equal(await main([log], racing.deps), EXIT.tempFail);
-    assert.match(racing.stderr(), /took over the stale lock .* at the same time; try again later/);
-    assert.equal(readFileSync(lock, "utf8"), `${process.ppid} scan\n`, "the other run's lock");
-    assert.deepEqual(h.firewall.bans(4), []);
-    unlinkSync(lock);
-    h.done();
-    racing.done();
+    await raceForStaleLock((lock) => {
+      // The other run removes the lock this one is about to make, and makes its own.
+      setTimeout(() => otherRunTakes(lock), 20);
+      return GONE;
+    }, /took over the stale lock .* at the same time; try again later/);
   });
   test("an empty lock is one being written (75) unless it is old", async () => {
     const h = harness();
