@@ -6259,7 +6259,9 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
   const window = options.window ? slidingWindow(tally, options.window) : null;
   const paths = options.logs.length ? options.logs.map((arg) => resolveLog(arg)) : [defaultLog()];
   for (const path of paths) if (path !== "-") refuseUnfollowable(path);
-  const logs: Followed[] = [...new Set(paths.filter((path) => path !== "-"))].map((path) => ({
+  const files = new Set<string>(); // device:inode of each log found at start
+  const named = [...new Set(paths.filter((path) => path !== "-"))];
+  const logs: Followed[] = named.filter((path) => !isReadAlready(path, files)).map((path) => ({
     path,
     current: null,
     retired: [],
@@ -6924,7 +6926,7 @@ function requireRoot(deps: Deps, command: Command): void {
 /**
  * True when `path` is a file already in `read` (named twice, as `a.log ./a.log`, or through a
  * link): counting it twice would ban at half the threshold. Otherwise adds it; a path that cannot
- * be looked at is left for the scan to report.
+ * be looked at is left for the scan (or the watcher) to report.
  */
 function isReadAlready(path: string, read: Set<string>): boolean {
   let key: string;

@@ -13,6 +13,7 @@ import {
   copyFileSync,
   mkdirSync,
   renameSync,
+  symlinkSync,
   truncateSync,
   unlinkSync,
   writeFileSync,
@@ -238,6 +239,22 @@ describe("watching files", () => {
     assert.equal(await w.stop(), 0);
   });
 
+  test("a log named twice at start (another path, a link) is followed once", async () => {
+    const log = newLog(lines("203.0.113.1", 150));
+    const link = join(log, "..", "link");
+    symlinkSync(log, link);
+    const w = watching([log, join(log, "..", ".", "messages"), link]);
+    await w.watcher.polled();
+    appendFileSync(log, lines("203.0.113.1", 10));
+    await w.watcher.polled();
+    await w.watcher.polled();
+    assert.deepEqual(w.events(), [], "160 failures, not 480: below the threshold");
+    const start = w.output().find((line) => line.action === "watching")!;
+    assert.deepEqual([start.lines, start.failures], [150, 150]);
+    assert.equal(await w.stop(), 0);
+    const stopped = w.output().find((line) => line.action === "stopped")!;
+    assert.deepEqual([stopped.lines, stopped.failures], [160, 160]);
+  });
   test("200,000 offenders at start are banned in one go", async () => {
     // Nothing calls a function with an argument per address (the stack would overflow).
     let text = "";
