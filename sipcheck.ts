@@ -3576,12 +3576,8 @@ async function firewall(run: Runner, binary: string, args: string[], input?: str
     result = await run(binary, args, input);
   } catch (error) {
     const why = describeFileError(error);
-    throw new SipcheckError(
-      EXIT.unavailable,
-      why === "no such file"
-        ? `${binary} not found: install iptables (apt-get install iptables)`
-        : `cannot run ${binary}: ${why}`,
-    );
+    if (why === "no such file") throw new MissingProgramError(binary);
+    throw new SipcheckError(EXIT.unavailable, `cannot run ${binary}: ${why}`);
   }
   if (result.code !== 0) {
     const why = failureReason(result.stderr, result.code);
@@ -3609,6 +3605,33 @@ export function failureReason(stderr: string, code: number): string {
   const reason = lines.join("; ");
   if (reason === "") return `exit code ${code}`;
   return reason.length > REASON_MAX ? `${reason.slice(0, REASON_MAX - 1)}…` : reason;
+}
+
+/** A firewall program that is not installed (69). */
+export class MissingProgramError extends SipcheckError {
+  constructor(binary: string) {
+    super(EXIT.unavailable, `${binary} not found: install iptables (apt-get install iptables)`);
+  }
+}
+
+/**
+ * Reads both families' chains, IPv4 then IPv6, for `list` and `clear`. A family whose program is
+ * not installed (ip6tables on a host set up for IPv4 only) can hold nothing sipcheck wrote, so it
+ * reads as empty; if neither is installed, that is an error (69).
+ */
+async function listBothChains(run: Runner): Promise<ChainState[]> {
+  const read = await Promise.allSettled(
+    ([4, 6] as const).map((version) => listChain(run, version)),
+  );
+  const missing = read.filter((r) =>
+    r.status === "rejected" && r.reason instanceof MissingProgramError
+  );
+  const failed = read.find((r) =>
+    r.status === "rejected" && !(r.reason instanceof MissingProgramError)
+  );
+  if (failed?.status === "rejected") throw failed.reason;
+  if (missing.length === read.length && missing[0].status === "rejected") throw missing[0].reason;
+  return read.map((r) => r.status === "fulfilled" ? r.value : parseListing(""));
 }
 
 /** Reads our part of one family's filter table (one `iptables -S` call). */
@@ -7062,8 +7085,9 @@ async function scan(options: Options, deps: Deps): Promise<number> {
 /** `list`: the addresses our chains drop. */
 async function list(options: Options, deps: Deps): Promise<number> {
   const bans: string[] = [];
-  for (const version of [4, 6] as const) {
-    const state = await listChain(deps.run, version);
+  const states = await listBothChains(deps.run);
+  for (const [k, version] of ([4, 6] as const).entries()) {
+    const state = states[k];
     for (const ip of state.bans) bans.push(ip);
     // The bans are listed all the same; what else is in the chain is said, as a ban run would.
     const refusal = banRefusal(version, state);
@@ -7083,7 +7107,7 @@ async function list(options: Options, deps: Deps): Promise<number> {
  */
 async function clear(options: Options, deps: Deps): Promise<number> {
   const versions = [4, 6] as const;
-  const states = await Promise.all(versions.map((version) => listChain(deps.run, version)));
+  const states = await listBothChains(deps.run);
   const refusals = versions.map((version, k) => clearRefusal(version, states[k]))
     .filter((refusal) => refusal !== null);
   if (refusals.length) {

@@ -527,6 +527,31 @@ describe("main", () => {
     );
     h.done();
   });
+  test("list and clear on a host without ip6tables: IPv4 alone; without either, 69", async () => {
+    const h = harness();
+    await main([writeLog(h.dir, { "203.0.113.1": 300 })], h.deps);
+    const noIp6tables = async (binary: string, args: readonly string[], input?: string) => {
+      if (binary.includes("ip6tables")) {
+        throw Object.assign(new Error("spawn ENOENT"), { code: "ENOENT" });
+      }
+      return await h.firewall.run(binary, args, input);
+    };
+    const list = harness({ run: noIp6tables });
+    assert.equal(await main(["list"], list.deps), 0, list.stderr());
+    assert.equal(list.stdout(), "203.0.113.1\n");
+    const clear = harness({ run: noIp6tables });
+    assert.equal(await main(["clear"], clear.deps), 0, clear.stderr());
+    assert.equal(
+      clear.stdout(),
+      "sipcheck: removed the sipcheck chain and its jump rules from iptables (1 ban)\n",
+    );
+    assert.equal(h.firewall.chains[4].has(CHAIN), false);
+    h.firewall.missing = true;
+    const neither = harness({ run: h.firewall.run });
+    assert.equal(await main(["list"], neither.deps), EXIT.unavailable);
+    assert.match(neither.stderr(), /^sipcheck: \/usr\/sbin\/iptables not found: install iptables/);
+    for (const x of [h, list, clear, neither]) x.done();
+  });
   test("an unreadable log is 66; the others are still scanned and acted on", async () => {
     const h = harness();
     const log = writeLog(h.dir, { "203.0.113.1": 300 });
