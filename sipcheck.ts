@@ -3623,15 +3623,11 @@ async function listBothChains(run: Runner): Promise<ChainState[]> {
   const read = await Promise.allSettled(
     ([4, 6] as const).map((version) => listChain(run, version)),
   );
-  const missing = read.filter((r) =>
-    r.status === "rejected" && r.reason instanceof MissingProgramError
-  );
-  const failed = read.find((r) =>
-    r.status === "rejected" && !(r.reason instanceof MissingProgramError)
-  );
-  if (failed?.status === "rejected") throw failed.reason;
-  if (missing.length === read.length && missing[0].status === "rejected") throw missing[0].reason;
-  return read.map((r) => r.status === "fulfilled" ? r.value : parseListing(""));
+  const errors = read.flatMap((result) => result.status === "rejected" ? [result.reason] : []);
+  const other = errors.find((error) => !(error instanceof MissingProgramError));
+  if (other !== undefined) throw other;
+  if (errors.length === read.length) throw errors[0]; // neither program is installed
+  return read.map((result) => result.status === "fulfilled" ? result.value : parseListing(""));
 }
 
 /** Reads our part of one family's filter table (one `iptables -S` call). */
