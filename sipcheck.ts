@@ -2786,12 +2786,23 @@ function quoteRules(rules: readonly string[]): string {
  */
 export function banRefusal(version: IpVersion, state: ChainState): string | null {
   if (state.foreignRules.length === 0) return null;
-  return `${familyName(version)}: the ${CHAIN} chain holds ${
-    state.foreignRules.length === 1 ? "a rule" : "rules"
-  } sipcheck did not write (${quoteRules(state.foreignRules)}); sipcheck bans only in a chain ` +
+  return `${familyName(version)}: ${foreignRulesText(state)}; sipcheck bans only in a chain ` +
     `of its own: delete ${state.foreignRules.length === 1 ? "it" : "them"} ` +
     `(${familyName(version)} -D ${CHAIN} N), or rename that chain (${familyName(version)} -E ` +
     `${CHAIN} NEWNAME)`;
+}
+
+/** "the sipcheck chain holds a rule sipcheck did not write (…)", for a state that has some. */
+function foreignRulesText(state: ChainState): string {
+  const rules = state.foreignRules;
+  return `the ${CHAIN} chain holds ${rules.length === 1 ? "a rule" : "rules"} sipcheck did not ` +
+    `write (${quoteRules(rules)})`;
+}
+
+/** Throws SipcheckError(69) when a ban run must not use this family's chain ({@link banRefusal}). */
+function refuseForeignChain(version: IpVersion, state: ChainState): void {
+  const refusal = banRefusal(version, state);
+  if (refusal) throw new SipcheckError(EXIT.unavailable, refusal);
 }
 
 /**
@@ -2803,12 +2814,7 @@ export function clearRefusal(version: IpVersion, state: ChainState): string | nu
   const ours = jumpRules();
   const foreignJumps = state.jumps.filter((jump) => !ours.includes(jump));
   const reasons: string[] = [];
-  if (state.foreignRules.length) {
-    reasons.push(
-      `the ${CHAIN} chain holds ${state.foreignRules.length === 1 ? "a rule" : "rules"} ` +
-        `sipcheck did not write (${quoteRules(state.foreignRules)})`,
-    );
-  }
+  if (state.foreignRules.length) reasons.push(foreignRulesText(state));
   if (foreignJumps.length) {
     reasons.push(
       `${foreignJumps.length === 1 ? "a rule" : "rules"} sipcheck did not write ` +
@@ -2816,6 +2822,11 @@ export function clearRefusal(version: IpVersion, state: ChainState): string | nu
     );
   }
   return reasons.length ? `${familyName(version)}: ${reasons.join(", and ")}` : null;
+}
+
+/** The rule that bans `address` in our chain, as sipcheck writes it and `iptables -S` prints it. */
+function banRule(address: string): string {
+  return `-A ${CHAIN} -s ${address}/${versionOf(address) === 4 ? 32 : 128} -j DROP`;
 }
 
 /** The IP version of a normalised address. */
@@ -2835,7 +2846,7 @@ export function banInput(state: ChainState, addresses: readonly string[]): strin
     if (!RULE_ADDRESS.test(address)) {
       throw new Error(`not an IP address: ${JSON.stringify(address)}`);
     }
-    lines.push(`-A ${CHAIN} -s ${address}/${versionOf(address) === 4 ? 32 : 128} -j DROP`);
+    lines.push(banRule(address));
   }
   for (const jump of jumpRules()) {
     if (!state.jumps.includes(jump)) lines.push(jump.replace("-A INPUT", "-I INPUT 1"));
@@ -2853,7 +2864,7 @@ export function unbanInput(state: ChainState, addresses: readonly string[]): str
   if (!state.exists) lines.push(`-F ${CHAIN}`, `-X ${CHAIN}`);
   else {
     for (const address of addresses) {
-      lines.push(`-D ${CHAIN} -s ${address}/${versionOf(address) === 4 ? 32 : 128} -j DROP`);
+      lines.push(banRule(address).replace("-A ", "-D "));
     }
   }
   lines.push("COMMIT", "");
@@ -2883,9 +2894,7 @@ export function clearInput(state: ChainState): string | null {
 export function unclearInput(state: ChainState): string {
   const lines = ["*filter"];
   if (state.exists) lines.push(`:${CHAIN} - [0:0]`);
-  for (const address of state.bans) {
-    lines.push(`-A ${CHAIN} -s ${address}/${versionOf(address) === 4 ? 32 : 128} -j DROP`);
-  }
+  for (const address of state.bans) lines.push(banRule(address));
   const ours = jumpRules();
   const jumps = state.jumps.map((jump, k) => ({ jump, position: state.jumpPositions[k] }))
     .filter(({ jump }) => ours.includes(jump))
@@ -3221,8 +3230,9 @@ export interface ScanFileOptions {
 /**
  * Scans a file into `tally`; throws on open or read errors. A file that is not a regular file (a
  * pipe, as from `<(zcat log.gz)`, a FIFO, a device) is read as a stream to its end, as standard
- * input is (see {@link scanStream}). A large regular file is read on every core at once: this thread reads from the start, and each worker thread, once it has started, takes
- * over the second half of what this thread has left to read, cut at a line feed (so a thread that
+ * input is (see {@link scanStream}). A large regular file is read on every core at once: this
+ * thread reads from the start, and each worker thread, once it has started, takes over the
+ * second half of what this thread has left to read, cut at a line feed (so a thread that
  * needs long to start costs nothing but its share). When this thread is done, it takes back the
  * second half of what a worker has left, again and again while there is enough, so that a slower
  * thread does not keep the others waiting. The parts' tallies are joined exactly (see
@@ -3383,11 +3393,15 @@ async function* fileChunks(fd: number): AsyncGenerator<Uint8Array> {
 /** The first two bytes of gzip data. */
 const GZIP_MAGIC = [0x1f, 0x8b];
 
+/** True when `bytes` start as gzip data does. */
+function isGzipHead(bytes: Uint8Array): boolean {
+  return bytes[0] === GZIP_MAGIC[0] && bytes[1] === GZIP_MAGIC[1];
+}
+
 /** True if the regular file open as `fd` starts as gzip data does (its offset does not move). */
 function isGzipFile(fd: number): boolean {
   const head = Buffer.alloc(2);
-  return readSync(fd, head, 0, 2, 0) === 2 && head[0] === GZIP_MAGIC[0] &&
-    head[1] === GZIP_MAGIC[1];
+  return readSync(fd, head, 0, 2, 0) === 2 && isGzipHead(head);
 }
 
 /**
@@ -3408,7 +3422,7 @@ async function scanStream(stream: AsyncIterable<Uint8Array>, scanner: Scanner): 
     if (head.length) yield head;
     for (let next; !done && !(next = await chunks.next()).done;) yield next.value;
   }
-  if (head[0] === GZIP_MAGIC[0] && head[1] === GZIP_MAGIC[1]) {
+  if (isGzipHead(head)) {
     try {
       await pipeline(all(), createGunzip(), async (inflated: AsyncIterable<Uint8Array>) => {
         for await (const chunk of inflated) scanner.write(chunk);
@@ -3642,8 +3656,7 @@ export async function listChain(run: Runner, version: IpVersion): Promise<ChainS
  */
 export async function listChainForBans(run: Runner, version: IpVersion): Promise<ChainState> {
   const state = await listChain(run, version);
-  const refusal = banRefusal(version, state);
-  if (refusal) throw new SipcheckError(EXIT.unavailable, refusal);
+  refuseForeignChain(version, state);
   return state;
 }
 
@@ -3655,8 +3668,7 @@ export async function addBans(
   state: ChainState,
   addresses: readonly string[],
 ): Promise<void> {
-  const refusal = banRefusal(version, state);
-  if (refusal) throw new SipcheckError(EXIT.unavailable, refusal);
+  refuseForeignChain(version, state);
   await firewall(run, IPTABLES[version].restore, ["-w", "--noflush"], banInput(state, addresses));
 }
 
@@ -6521,7 +6533,7 @@ export function startWatcher(options: Options, deps: Deps): Watcher {
     const scanner = newScanner();
     let head: Buffer | null = Buffer.alloc(0); // the first bytes, until there are two
     const checkHead = (): boolean => {
-      if (head?.[0] !== GZIP_MAGIC[0] || head[1] !== GZIP_MAGIC[1]) {
+      if (head === null || !isGzipHead(head)) {
         if (head?.length) scanner.write(head);
         head = null;
         return true;
@@ -6675,15 +6687,15 @@ function answerSignal(watcher: Watcher, signal: string): void {
  * time. Signals need no Deno permission.
  */
 export async function watch(options: Options, deps: Deps): Promise<number> {
-  let watcher: Watcher | null = null;
-  const early: string[] = []; // signals answered before startWatcher returned (none in practice)
+  // A handler runs from the event loop, so never before startWatcher, which is synchronous, has
+  // returned.
+  let watcher!: Watcher;
   const handlers = WATCH_SIGNALS.map((signal) =>
-    [signal, () => watcher ? answerSignal(watcher, signal) : early.push(signal)] as const
+    [signal, () => answerSignal(watcher, signal)] as const
   );
   for (const [signal, handler] of handlers) process.on(signal, handler);
   try {
     watcher = startWatcher(options, deps);
-    for (const signal of early) answerSignal(watcher, signal);
     return await watcher.done;
   } finally {
     for (const [signal, handler] of handlers) process.off(signal, handler);
